@@ -54,3 +54,8 @@ class RecurrentLM(nn.Module):
 
     def forward(self, embeds: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         raise NotImplementedError
+
+
+# Token ids that never reach an embedding table.
+VIDEO_TOKEN = -200  # the single placeholder in ``input_ids`` where the video's tokens are spliced in
+IGNORE_INDEX = -100  # label value for positions that do not count in the loss
