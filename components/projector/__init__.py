@@ -1,0 +1,1 @@
+from . import mlp  # noqa: F401  (registers the projectors)

@@ -1,0 +1,132 @@
+"""The whole AuroraLong data flow, in one place.
+
+    video (B, F, 3, H, W)
+      -> frames folded into the batch (B*F, 3, H, W)
+      -> vision encoder, with the sorted token merge inside its layers   (VisualTokens: tokens + sizes)
+      -> projector                                                       (B, F*n, d_model)
+      -> spliced into the text embeddings at the <video> placeholder     (sandwich prompt)
+      -> linear RNN language model (hidden states, constant-size state)
+      -> logits only where labels exist -> cross-entropy
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import aurora.components  # noqa: F401  (fills the registries)
+from aurora.registry import PROJECTOR, RNN, VISION
+from aurora.types import IGNORE_INDEX, VIDEO_TOKEN, RecurrentLM, VisionEncoder, VisualTokens
+
+
+@dataclass
+class Output:
+    loss: Tensor
+    num_tokens: int  # answer tokens that counted in the loss
+    correct_tokens: int  # of those, predicted exactly (teacher forcing)
+
+
+class AuroraModel(nn.Module):
+    def __init__(self, vision: VisionEncoder, projector: nn.Module, rnn: RecurrentLM) -> None:
+        super().__init__()
+        self.vision = vision
+        self.projector = projector
+        self.rnn = rnn
+
+    @classmethod
+    def from_specs(
+        cls,
+        vision: Mapping[str, Any],
+        merge: Mapping[str, Any] | str | None,
+        projector: Mapping[str, Any] | str,
+        rnn: Mapping[str, Any],
+    ) -> "AuroraModel":
+        """Build every part by registry name; the projector's dimensions are wired from its neighbours."""
+        vis = VISION.build(vision, merge=merge)
+        lm = RNN.build(rnn)
+        proj = PROJECTOR.build(projector, in_dim=vis.out_dim, out_dim=lm.d_model)
+        return cls(vis, proj, lm)
+
+    # -- the pieces of the data flow -------------------------------------------------------------------
+    def encode_video(self, pixels: Tensor) -> tuple[Tensor, VisualTokens]:
+        """(B, F, 3, H, W) -> visual embeddings (B, F*n, d_model), frames in time order."""
+        if pixels.dim() != 5:
+            raise ValueError(f"pixels must be (batch, frames, 3, height, width), got shape {tuple(pixels.shape)}")
+        b, f = pixels.shape[:2]
+        vt = self.vision(pixels.flatten(0, 1))
+        tokens = vt.tokens.reshape(b, f * vt.tokens_per_frame, -1)
+        return self.projector(tokens), vt
+
+    def splice(self, input_ids: Tensor, video: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Replace the single VIDEO_TOKEN of each row by that row's video embeddings (sandwich prompt)."""
+        is_video = input_ids == VIDEO_TOKEN
+        counts = is_video.sum(1)
+        if not torch.all(counts == 1):
+            bad = [i for i, c in enumerate(counts.tolist()) if c != 1]
+            raise ValueError(
+                f"every sample needs exactly one video placeholder ({VIDEO_TOKEN}); rows {bad} have "
+                f"{[counts[i].item() for i in bad]}"
+            )
+        if video.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{video.shape[0]} videos for {input_ids.shape[0]} prompts")
+        text = self.rnn.embed(input_ids.clamp_min(0))
+        pos = is_video.float().argmax(1).tolist()
+        rows, row_labels = [], []
+        for i, p in enumerate(pos):
+            rows.append(torch.cat([text[i, :p], video[i].to(text.dtype), text[i, p + 1 :]]))
+            if labels is not None:
+                ignore = labels.new_full((video.shape[1],), IGNORE_INDEX)
+                row_labels.append(torch.cat([labels[i, :p], ignore, labels[i, p + 1 :]]))
+        return torch.stack(rows), (torch.stack(row_labels) if labels is not None else None)
+
+    def forward(self, pixels: Tensor, input_ids: Tensor, labels: Tensor) -> Output:
+        video, _ = self.encode_video(pixels)
+        embeds, labels = self.splice(input_ids, video, labels)
+        hidden, _ = self.rnn(embeds)
+        # position t predicts token t+1; compute logits only where a label exists
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        if not mask.any():
+            raise ValueError("batch has no answer tokens to learn from (all labels are ignored)")
+        logits = self.rnn.logits(hidden[:, :-1][mask]).float()
+        gold = targets[mask]
+        loss = F.cross_entropy(logits, gold)
+        correct = int((logits.argmax(-1) == gold).sum())
+        return Output(loss=loss, num_tokens=int(mask.sum()), correct_tokens=correct)
+
+    # -- generation from the recurrent state ------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, pixels: Tensor, prompt_ids: Tensor) -> tuple[Tensor, Any]:
+        """Read one prompt (1, T) with its video (1, F, 3, H, W); returns the last logits and the state."""
+        video, _ = self.encode_video(pixels)
+        embeds, _ = self.splice(prompt_ids, video)
+        hidden, state = self.rnn(embeds)
+        return self.rnn.logits(hidden[:, -1]), state
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixels: Tensor,
+        prompt_ids: Tensor,
+        max_new_tokens: int = 16,
+        stop_ids: list[list[int]] | None = None,
+        eos_id: int | None = 0,
+    ) -> list[int]:
+        """Greedy decoding for one sample; stops at ``eos_id`` or when the output ends with a stop sequence
+        (which is removed)."""
+        logits, state = self.prefill(pixels, prompt_ids)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            tok = int(logits.argmax(-1))
+            if eos_id is not None and tok == eos_id:
+                break
+            out.append(tok)
+            for stop in stop_ids or []:
+                if stop and out[-len(stop) :] == stop:
+                    return out[: -len(stop)]
+            hidden, state = self.rnn(self.rnn.embed(torch.tensor([[tok]], device=pixels.device)), state)
+            logits = self.rnn.logits(hidden[:, -1])
+        return out
