@@ -1,0 +1,72 @@
+"""Registries, metrics and the LR schedule: the small pieces of aurora/ core."""
+import math
+
+import pytest
+import torch
+
+from aurora.lit import warmup_cosine
+from aurora.metrics import AnswerAccuracy, is_correct, match_option, normalize_answer
+from aurora.registry import Registry
+
+
+def test_registry_builds_by_name_and_lists_known_names_on_error():
+    reg = Registry("widget")
+
+    @reg.register("a")
+    def make_a(x=1, y=2):
+        return ("a", x, y)
+
+    reg.register("b")(lambda: "b")
+    assert reg.build({"name": "a", "x": 5}, y=7) == ("a", 5, 7)
+    assert reg.build("b") == "b"
+    with pytest.raises(KeyError, match="unknown widget 'c'; known widgets: a, b"):
+        reg.build("c")
+    with pytest.raises(KeyError, match="needs a 'name'"):
+        reg.build({"x": 1})
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a")(lambda: None)
+
+
+def test_every_part_registry_is_filled():
+    import aurora.components  # noqa: F401
+    from aurora.registry import MERGE, ORDER, PROJECTOR, RNN, VISION
+
+    assert "siglip" in VISION and "rwkv6" in RNN and "mlp" in PROJECTOR
+    assert {"tome", "none"} <= set(MERGE.names())
+    assert {"original", "size_ascending", "size_descending", "random"} <= set(ORDER.names())
+
+
+def test_answer_matching():
+    assert normalize_answer("  Red. ") == "red"
+    assert is_correct("red", "Red")
+    assert not is_correct("blue", "red")
+    opts = ["left", "right", "up", "down"]
+    assert match_option("It moves to the right.", opts) == "right"
+    assert match_option("up, then left", opts) == "up"  # the earliest option named wins
+    assert is_correct("The answer is left", "left", opts)
+    assert not is_correct("The answer is left", "left", None)  # exact-answer questions need the exact answer
+
+
+def test_answer_accuracy_per_category_and_chance():
+    m = AnswerAccuracy(["color", "motion"])
+    m.update(["red", "left", "up"], ["red", "right", "up"], ["color", "motion", "motion"],
+             [["red", "blue"], ["left", "right", "up", "down"], ["left", "right", "up", "down"]])
+    out = m.compute()
+    assert out["accuracy"].item() == pytest.approx(2 / 3)
+    assert out["accuracy_color"].item() == pytest.approx(1.0)
+    assert out["accuracy_motion"].item() == pytest.approx(0.5)
+    assert out["chance"].item() == pytest.approx((0.5 + 0.25 + 0.25) / 3)
+    with pytest.raises(KeyError, match="known: color, motion"):
+        m.update(["x"], ["x"], ["shape"], [None])
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(total_steps=100, warmup_ratio=0.1, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+    g = warmup_cosine(total_steps=None, warmup_ratio=0.1, min_ratio=0.1)
+    assert g(0) == 1.0 and g(10_000) == 1.0
