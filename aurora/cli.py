@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from aurora.data.datamodule import AuroraDataModule
 from aurora.lit import AuroraModule
+from aurora.recipes import resolve
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
@@ -68,7 +69,7 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--config", default="recipes/demo.yaml")
     parser.add_argument("--out", default=None, help="metrics directory (default: the trainer's default_root_dir)")
     args, overrides = parser.parse_known_args(argv)
-    cli = AuroraCLI(args=["--config", args.config, *overrides], run=False)
+    cli = AuroraCLI(args=["--config", resolve(args.config), *overrides], run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     out = Path(args.out or trainer.default_root_dir)
     out.mkdir(parents=True, exist_ok=True)
