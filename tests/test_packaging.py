@@ -1,4 +1,5 @@
 """`pip install` of a wheel ships one namespace, aurora.*, with the top-level folders mapped into it."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_maps_folders_into_the_aurora_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    # build from a clean copy: an in-tree build/ folder could carry stale files into the wheel
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "runs", "build", "*.egg-info", ".git", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
                     "-w", str(tmp_path)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
