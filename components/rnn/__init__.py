@@ -1,0 +1,1 @@
+from . import rwkv6  # noqa: F401  (registers the backbones)
