@@ -13,8 +13,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> constructor table for one kind of part, with helpful errors."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or kind + "s"
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -37,7 +38,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise KeyError(
-                f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names()) or '(none)'}"
+                f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names()) or '(none)'}"
             ) from None
 
     def build(self, spec: str | Mapping[str, Any], **extra: Any) -> T:
@@ -53,7 +54,7 @@ class Registry(Generic[T]):
 
 
 VISION: Registry = Registry("vision backbone")
-MERGE: Registry = Registry("merge strategy")
+MERGE: Registry = Registry("merge strategy", "merge strategies")
 ORDER: Registry = Registry("token ordering")
 PROJECTOR: Registry = Registry("projector")
 RNN: Registry = Registry("rnn backbone")

@@ -1,0 +1,1 @@
+from . import siglip  # noqa: F401  (registers the vision encoders)
