@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from aurora.data.datamodule import AuroraDataModule
 from aurora.lit import AuroraModule
@@ -22,11 +22,29 @@ from aurora.recipes import resolve
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
 
+class RunConfig(SaveConfigCallback):
+    """Writes the resolved recipe to ``<default_root_dir>/config.yaml`` and attaches it to the MLflow run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        out = Path(trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / self.config_filename
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        for logger in trainer.loggers:
+            if hasattr(logger, "experiment") and hasattr(logger, "run_id") and logger.run_id:
+                logger.experiment.log_artifact(logger.run_id, str(path))
+
+
 class AuroraCLI(LightningCLI):
     """LightningCLI over :class:`AuroraModule` and :class:`AuroraDataModule` with our defaults: MLflow in a local
     sqlite store, and a config.yaml per run that a re-run may overwrite."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", RunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault(
             "trainer_defaults",

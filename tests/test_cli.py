@@ -62,4 +62,6 @@ def test_data_synthetic_command(tmp_path):
     r = aurora("data", "synthetic", "--out", tmp_path / "d", "--train", 6, "--val", 3, "--test", 3, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
-    assert sorted(manifest["counts"]) == ["test", "train", "val"] or "splits" in manifest
+    assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 6, "val": 3, "test": 3}
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["manifest.json", "test-00000.tar",
+                                                                   "train-00000.tar", "val-00000.tar"]
