@@ -42,6 +42,17 @@ def test_two_step_fit_through_the_cli(tmp_path):
 
     ckpt = torch.load(tmp_path / "runs/demo/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 2
+    assert (tmp_path / "runs/demo/config.yaml").exists()
+
+    # the checkpoint serves `aurora test` and `aurora predict` (JSON lines, one per test video)
+    last = "--ckpt_path=runs/demo/checkpoints/last.ckpt"
+    r = aurora("test", "--config", DEMO, *TINY, last, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "test/accuracy" in r.stdout
+    r = aurora("predict", "--config", DEMO, *TINY, last, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "runs/demo/predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and set(rows[0]) == {"id", "question", "answer", "prediction"}
 
 
 def test_unknown_part_name_lists_the_known_ones(tmp_path):
