@@ -80,3 +80,17 @@ def test_registry_and_bad_input():
         SiglipVision(**TINY, feature_layer=9)
     with pytest.raises(KeyError, match="known vision backbones: .*siglip"):
         VISION.build("vit-huge")
+
+
+def test_sincos_position_init_encodes_row_and_column():
+    enc = SiglipVision(**TINY, position_init="sincos")
+    pos = enc.embeddings.position_embedding.weight.detach().double()  # (16, 32): a 4 x 4 grid
+    grid = pos.view(4, 4, 32)
+    assert torch.allclose(grid[:, :1, :16].expand(4, 4, 16), grid[..., :16])  # first half: the row only
+    assert torch.allclose(grid[:1, :, 16:].expand(4, 4, 16), grid[..., 16:])  # second half: the column only
+    assert torch.cdist(pos, pos).fill_diagonal_(1.0).min() > 0.1  # every patch position is distinct
+    assert pos.norm(dim=1).min() > 1.0  # as strong as the patch content, not 1/sqrt(width) noise
+    random_init = SiglipVision(**TINY).embeddings.position_embedding.weight
+    assert not torch.allclose(random_init, pos.float())
+    with pytest.raises(ValueError, match="known: random, sincos"):
+        SiglipVision(**TINY, position_init="learned-ish")

@@ -17,6 +17,22 @@ from aurora.registry import MERGE, VISION
 from aurora.types import VisionEncoder, VisualTokens
 
 
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embeddings (grid_h * grid_w, dim), row-major like the patch grid: half the
+    channels encode the row, half the column (as in MAE). A from-scratch encoder starts with positions that are
+    as strong as the patch content and linearly decodable, instead of small random vectors."""
+    if dim % 4:
+        raise ValueError(f"sincos position embeddings need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+
+    def axis(pos: Tensor) -> Tensor:
+        angles = pos[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+    return torch.cat([axis(rows.flatten()), axis(cols.flatten())], dim=1).float()
+
+
 def resolve_feature_layer(feature_layer: int, num_layers: int) -> int:
     """Number of layers to run so the output is ``hidden_states[feature_layer]`` (0 = the embeddings,
     -1 = the last layer's output, -2 = the paper's choice: the last layer dropped)."""
@@ -36,6 +52,8 @@ class SiglipVision(VisionEncoder):
             the config arguments below (the tiny defaults are the demo's; SigLIP-L/16-384 is hidden 1024,
             24 layers, 16 heads, MLP 4096, image 384, patch 16).
         merge: a merge spec from the ``MERGE`` registry (``{name: tome, keep_ratio: 0.1}``), or None.
+        position_init: for random weights, ``random`` (transformers' default) or ``sincos`` (2-D sine-cosine,
+            still trainable): the better start when training from scratch. Ignored with ``pretrained``.
     """
 
     def __init__(
@@ -50,6 +68,7 @@ class SiglipVision(VisionEncoder):
         feature_layer: int = -2,
         merge: Mapping[str, Any] | str | None = None,
         attn_implementation: str = "sdpa",
+        position_init: str = "random",
     ) -> None:
         super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -65,6 +84,13 @@ class SiglipVision(VisionEncoder):
             )
             config._attn_implementation = attn_implementation
             hf = SiglipVisionModel(config)
+            if position_init == "sincos":
+                grid = image_size // patch_size
+                with torch.no_grad():
+                    hf_body = getattr(hf, "vision_model", hf)
+                    hf_body.embeddings.position_embedding.weight.copy_(sincos_2d(grid, grid, hidden_size))
+            elif position_init != "random":
+                raise ValueError(f"unknown position_init {position_init!r}; known: random, sincos")
         self.config = hf.config
         body = getattr(hf, "vision_model", hf)  # older transformers nest the encoder one level down
         self.embeddings = body.embeddings
