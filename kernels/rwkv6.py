@@ -1,44 +1,69 @@
 """WKV-6: the time-mix recurrence of RWKV-6 ("Finch"), in three forms behind one dispatch.
 
-Layout (B, T, H, N) for r, k, v and w (as fla's kernels), bonus u (H, N), state S (B, H, N, N) indexed
-[key, value]. ``w`` is the LOG decay (<= 0). For each head:
+Layout (B, T, H, N) for r, k, v and w (as fla's kernels, not head-first), bonus u (H, N), state S (B, H, N, V)
+indexed [key, value]. ``w`` is the LOG decay (<= 0; RWKV-6 uses ``-exp(raw)``). For each head:
 
-    y_t = r_t · (S_{t-1} + diag(u) k_tᵀ v_t)
+    y_t = scale * r_t · (S_{t-1} + diag(u) k_tᵀ v_t)
     S_t = diag(exp(w_t)) S_{t-1} + k_tᵀ v_t
 
 - ``wkv6_recurrent``: the step form, one token at a time (generation; the reference).
-- ``wkv6_chunked``: the training/prefill form on CPU: matrix form inside chunks of ``chunk_size`` tokens, the
-  state passed between chunks. Decays enter only as exp(differences of cumulative log decays) that are <= 0, so
-  it stays exact for RWKV's very strong decays (a log decay of -100 per token), where the usual
-  "q * exp(cumsum), k * exp(-cumsum)" factorisation overflows.
-- CUDA: fla's Triton kernels (``chunk_rwkv6``, ``fused_recurrent_rwkv6``).
+- ``wkv6_chunked``: the training / prefill form on CPU. Inside chunks of ``chunk_size`` tokens it is a masked
+  matrix product; only the state hand-over between chunks is a Python loop. With ``c`` the inclusive cumulative
+  log decay inside a chunk, decays enter only as ``exp(c_{t-1} - c_s)`` (s < t), ``exp(c_{t-1})`` and
+  ``exp(c_L - c_s)``: every exponent is <= 0, so it stays exact for RWKV's very strong decays (a log decay of
+  -100 or less per token), where the usual ``r * exp(c)``, ``k * exp(-c)`` factorisation overflows.
+- CUDA: fla's Triton kernels (``chunk_rwkv6`` for T > 1, ``fused_recurrent_rwkv6`` for T == 1).
+
+Arithmetic is float32 at least (float64 stays float64); the output comes back in r's dtype, the state in
+float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
 
-def _state_dtype(x: Tensor) -> torch.dtype:
+def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None) -> None:
+    if r.dim() != 4 or k.shape != r.shape or w.shape != r.shape:
+        raise ValueError(f"r, k, w must share one (B, T, H, N) shape; got {tuple(r.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(w.shape)}")
+    b, t, h, n = r.shape
+    if v.dim() != 4 or v.shape[:3] != (b, t, h):
+        raise ValueError(f"v must be (B, T, H, V) = ({b}, {t}, {h}, V); got {tuple(v.shape)}")
+    if u.shape != (h, n):
+        raise ValueError(f"u must be (H, N) = ({h}, {n}); got {tuple(u.shape)}")
+    if state is not None and state.shape != (b, h, n, v.shape[-1]):
+        raise ValueError(f"state must be (B, H, N, V) = ({b}, {h}, {n}, {v.shape[-1]}); got {tuple(state.shape)}")
 
 
 def wkv6_recurrent(
     r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None = None, scale: float = 1.0
 ) -> tuple[Tensor, Tensor]:
+    """Token-by-token WKV-6. Returns (o (B, T, H, V) in r's dtype, final state (B, H, N, V))."""
+    _check(r, k, v, w, u, state)
     b, t, h, n = r.shape
-    dt = _state_dtype(r)
-    r, k, v, w, u = (x.to(dt) for x in (r, k, v, w, u))
-    s = r.new_zeros(b, h, n, v.shape[-1]) if state is None else state.to(dt)
-    out = []
+    dv = v.shape[-1]
+    ct = _compute_dtype(r)
+    out_dtype = r.dtype
+    r, k, v, w, u = (x.to(ct) for x in (r, k, v, w, u))
+    s = r.new_zeros(b, h, n, dv) if state is None else state.to(ct)
+    decay = w.exp()
+    ys = []
     for i in range(t):
-        kv = k[:, i, :, :, None] * v[:, i, :, None, :]  # (B, H, N, V)
-        out.append(torch.einsum("bhk,bhkv->bhv", r[:, i] * scale, s + u[None, :, :, None] * kv))
-        s = s * w[:, i, :, :, None].exp() + kv
-    o = torch.stack(out, 1) if out else v.new_zeros(b, 0, h, v.shape[-1])
-    return o, s
+        kv = k[:, i, :, :, None] * v[:, i, :, None, :]  # (B, H, N, V): k_tᵀ v_t
+        ys.append(torch.einsum("bhn,bhnv->bhv", r[:, i], s + u[:, :, None] * kv))
+        s = decay[:, i, :, :, None] * s + kv
+    o = torch.stack(ys, 1) if ys else r.new_zeros(b, 0, h, dv)
+    if scale != 1.0:
+        o = o * scale
+    return o.to(out_dtype), s
 
 
 def wkv6_chunked(
@@ -51,32 +76,59 @@ def wkv6_chunked(
     chunk_size: int = 16,
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
+    """Chunk-parallel WKV-6 (same result as :func:`wkv6_recurrent`, stable for any decay <= 0)."""
+    _check(r, k, v, w, u, state)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     b, t, h, n = r.shape
     dv = v.shape[-1]
-    dt = _state_dtype(r)
-    r, k, v, w, u = (x.to(dt) for x in (r, k, v, w, u))
-    r = r * scale
-    s = r.new_zeros(b, h, n, dv) if state is None else state.to(dt)
-    # the bonus term is diagonal in time: y_t += (r_t * u * k_t) summed over keys, times v_t
+    ct = _compute_dtype(r)
+    out_dtype = r.dtype
+    r, k, v, w, u = (x.to(ct) for x in (r, k, v, w, u))
+    s = r.new_zeros(b, h, n, dv) if state is None else state.to(ct)
+    if t == 0:
+        return r.new_zeros(b, 0, h, dv).to(out_dtype), s
+
+    # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
     bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, T, H, V)
-    out = []
-    for start in range(0, t, chunk_size):
-        end = min(t, start + chunk_size)
-        rc, kc, vc, wc = (x[:, start:end].transpose(1, 2) for x in (r, k, v, w))  # (B, H, L, N)
-        c = wc.cumsum(2)  # inclusive cumulative log decay inside the chunk
-        c_before = c - wc  # c_{t-1}: decay accumulated before token t
-        # intra-chunk: A[t, s] = sum_i r_t[i] k_s[i] exp(c_{t-1}[i] - c_s[i]) for s < t
-        diff = c_before[:, :, :, None, :] - c[:, :, None, :, :]  # (B, H, L, L, N)
-        causal = torch.ones(end - start, end - start, dtype=torch.bool, device=r.device).tril(-1)
-        diff = diff.masked_fill(~causal[:, :, None], float("-inf"))
-        a = torch.einsum("bhtn,bhsn,bhtsn->bhts", rc, kc, diff.exp())
-        y = a @ vc + (rc * c_before.exp()) @ s  # intra-chunk + what the incoming state contributes
-        out.append(y.transpose(1, 2))
-        # outgoing state: S_L = exp(c_L) S_0 + sum_s exp(c_L - c_s) k_s^T v_s
-        last = c[:, :, -1:, :]  # (B, H, 1, N)
-        s = s * last.transpose(2, 3).exp() + ((last - c).exp() * kc).transpose(2, 3) @ vc
-    o = torch.cat(out, 1) if out else v.new_zeros(b, 0, h, dv)
-    return o + bonus, s
+
+    # Pad T to whole chunks: padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is).
+    L = min(chunk_size, t)
+    nc = -(-t // L)
+    pad = nc * L - t
+    if pad:
+        r, k, v, w = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (r, k, v, w))
+
+    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D)
+        return x.view(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
+
+    rc, kc, vc, wc = chunks(r), chunks(k), chunks(v), chunks(w)
+    c = wc.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
+    c_prev = c - wc  # c_{t-1}: accumulated before token t
+    c_last = c[:, :, :, -1:, :]  # c_L, (B, H, NC, 1, N)
+
+    # Intra-chunk: A[t, s] = sum_n r_t[n] k_s[n] exp(c_{t-1}[n] - c_s[n]) for s < t (exponent <= 0).
+    # Only the L(L-1)/2 causal pairs are formed (no masking of overflowing upper-triangle exponents needed).
+    ti, si = torch.tril_indices(L, L, -1, device=r.device)
+    pair = (c_prev[..., ti, :] - c[..., si, :]).exp() * kc[..., si, :]  # (B, H, NC, P, N)
+    scores = (pair * rc[..., ti, :]).sum(-1)  # (B, H, NC, P)
+    a = scores.new_zeros(b, h, nc, L * L).index_copy(-1, ti * L + si, scores).view(b, h, nc, L, L)
+    y = a @ vc  # (B, H, NC, L, V)
+
+    # What each chunk adds to the state, and how much of the incoming state survives it.
+    chunk_kv = ((c_last - c).exp() * kc).transpose(-1, -2) @ vc  # (B, H, NC, N, V)
+    chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, NC, N, 1)
+    incoming = []
+    for i in range(nc):  # the only sequential part: one cheap update per chunk
+        incoming.append(s)
+        s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
+    s_in = torch.stack(incoming, 2)  # (B, H, NC, N, V): state entering each chunk
+    y = y + (rc * c_prev.exp()) @ s_in
+
+    o = y.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t] + bonus
+    if scale != 1.0:
+        o = o * scale
+    return o.to(out_dtype), s
 
 
 def wkv6(
@@ -90,22 +142,27 @@ def wkv6(
     chunk_size: int = 16,
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """One dispatch for WKV-6; returns (output in r's dtype, final state in fp32 or fp64)."""
+    """One dispatch for WKV-6: (output in r's dtype, final state in float32, float64 for float64 inputs).
+
+    ``backend``: ``auto`` (fla's kernels on CUDA; on CPU ``chunked`` for T > 1 and ``recurrent`` for T == 1),
+    ``chunked``, ``recurrent`` or ``fla``.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown wkv6 backend {backend!r}; known backends: {', '.join(BACKENDS)}")
     t = r.shape[1]
     if backend == "fla" or (backend == "auto" and r.is_cuda):
-        o, s = _fla_wkv6(r, k, v, w, u, state, scale)
-    elif backend == "recurrent" or (backend == "auto" and t == 1):
-        o, s = wkv6_recurrent(r, k, v, w, u, state, scale)
-    else:
-        o, s = wkv6_chunked(r, k, v, w, u, state, chunk_size, scale)
-    return o.to(r.dtype), s
+        return _fla_wkv6(r, k, v, w, u, state, scale)
+    if backend == "recurrent" or (backend == "auto" and t <= 1):
+        return wkv6_recurrent(r, k, v, w, u, state, scale)
+    return wkv6_chunked(r, k, v, w, u, state, chunk_size, scale)
 
 
 def _fla_wkv6(r, k, v, w, u, state, scale):
+    """fla 0.6 convention: (B, T, H, N) inputs, ``w`` in log space, explicit ``scale`` (its default is N^-0.5)."""
     from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 
+    _check(r, k, v, w, u, state)
     fn = fused_recurrent_rwkv6 if r.shape[1] == 1 else chunk_rwkv6
     init = None if state is None else state.float()
-    return fn(r, k, v, w.float(), u, scale=scale, initial_state=init, output_final_state=True)
+    o, s = fn(r, k, v, w.float(), u, scale=scale, initial_state=init, output_final_state=True)
+    return o.to(r.dtype), s

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from aurora.kernels.rwkv6 import wkv6
+from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
@@ -76,6 +76,7 @@ class TimeMix(nn.Module):
         for lin, scale in ((self.receptance, 1.0), (self.key, 0.1), (self.value, 1.0), (self.gate, 0.1)):
             nn.init.orthogonal_(lin.weight, gain=scale)
         nn.init.zeros_(self.output.weight)
+        self.ln_x.weight.fill_(((1 + layer_id) / n_layer) ** 0.7)  # the official layer-scaled group norm
 
     def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None, backend: str, chunk_size: int):
         b, t, c = x.shape
@@ -146,7 +147,12 @@ class Block(nn.Module):
 
 @RNN.register("rwkv6")
 class RWKV6(RecurrentLM):
-    """RWKV-6 language model. ``d_ffn`` defaults to the official int(3.5 * d_model) rounded down to 32."""
+    """RWKV-6 language model.
+
+    ``d_ffn`` defaults to the official int(3.5 * d_model) rounded down to 32; ``mix_lora`` / ``decay_lora`` (the
+    token-shift and decay LoRA ranks) to the official 32 / 64, doubled from d_model 4096 on. ``backend`` picks
+    the WKV kernel (see :func:`aurora.kernels.rwkv6.wkv6`).
+    """
 
     def __init__(
         self,
@@ -164,6 +170,8 @@ class RWKV6(RecurrentLM):
         super().__init__()
         if d_model % head_size:
             raise ValueError(f"d_model {d_model} is not a multiple of head_size {head_size}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown wkv6 backend {backend!r}; known backends: {', '.join(BACKENDS)}")
         self.vocab_size, self.d_model, self.n_layer = vocab_size, d_model, n_layer
         self.n_head = d_model // head_size
         self.chunk_size, self.backend, self.grad_checkpoint = chunk_size, backend, grad_checkpoint
@@ -202,6 +210,9 @@ class RWKV6(RecurrentLM):
             raise ValueError(f"embeds must be (batch, time, {self.d_model}), got {tuple(embeds.shape)}")
         if state is not None and len(state) != self.n_layer:
             raise ValueError(f"state has {len(state)} layers, the model {self.n_layer}")
+        if embeds.shape[1] == 0:  # nothing to read: the state passes through unchanged
+            return self.ln_out(embeds), (state if state is not None else
+                                         self.init_state(embeds.shape[0], embeds.device, embeds.dtype))
         x, new_state = embeds, []
         for i, block in enumerate(self.blocks):
             s = state[i] if state is not None else None
@@ -211,6 +222,29 @@ class RWKV6(RecurrentLM):
                 x, s = block(x, s, self.backend, self.chunk_size)
             new_state.append(s)
         return self.ln_out(x), new_state
+
+    @staticmethod
+    def config_from_state_dict(state_dict: dict[str, Any]) -> dict[str, int]:
+        """The constructor sizes of an official-format checkpoint (vocab, width, depth, head and LoRA sizes)."""
+        try:
+            vocab_size, d_model = state_dict["emb.weight"].shape
+            n_layer = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+            n_head, head_size = state_dict["blocks.0.att.time_faaaa"].shape
+            return dict(
+                vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, head_size=head_size,
+                d_ffn=state_dict["blocks.0.ffn.key.weight"].shape[0],
+                mix_lora=state_dict["blocks.0.att.time_maa_w2"].shape[1],
+                decay_lora=state_dict["blocks.0.att.time_decay_w1"].shape[1],
+            )
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"not an official RWKV-6 checkpoint (missing or odd {e})") from None
+
+    @classmethod
+    def from_official(cls, state_dict: dict[str, Any], **kwargs: Any) -> "RWKV6":
+        """Build a model of the checkpoint's shape and load it; ``kwargs``: chunk_size, backend, grad_checkpoint."""
+        model = cls(**cls.config_from_state_dict(state_dict), **kwargs)
+        load_official_state_dict(model, state_dict)
+        return model
 
     def extra_repr(self) -> str:
         return f"vocab={self.vocab_size}, d_model={self.d_model}, layers={self.n_layer}, heads={self.n_head}"
