@@ -152,9 +152,12 @@ def wkv6(
     t = r.shape[1]
     if backend == "fla" or (backend == "auto" and r.is_cuda):
         return _fla_wkv6(r, k, v, w, u, state, scale)
-    if backend == "recurrent" or (backend == "auto" and t <= 1):
-        return wkv6_recurrent(r, k, v, w, u, state, scale)
-    return wkv6_chunked(r, k, v, w, u, state, chunk_size, scale)
+    # The PyTorch forms run with autocast off: under a bf16 autocast region the state matmuls would otherwise be
+    # cast down and the recurrence would drift.
+    with torch.autocast(r.device.type, enabled=False):
+        if backend == "recurrent" or (backend == "auto" and t <= 1):
+            return wkv6_recurrent(r, k, v, w, u, state, scale)
+        return wkv6_chunked(r, k, v, w, u, state, chunk_size, scale)
 
 
 def _fla_wkv6(r, k, v, w, u, state, scale):

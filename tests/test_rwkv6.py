@@ -112,6 +112,13 @@ def test_dispatch_dtypes_and_unknown_backend():
     for backend in ("auto", "chunked", "recurrent"):
         o, s = wkv6(r, k, v, w, u, s0, backend=backend)
         assert o.dtype == torch.bfloat16 and s.dtype == torch.float32 and o.shape == v.shape
+    xs = inputs(t=9, dtype=torch.float32)
+    for backend in ("chunked", "recurrent"):  # autocast does not drop the float32 arithmetic to bf16
+        want = wkv6(*xs, backend=backend)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = wkv6(*xs, backend=backend)
+        assert got[1].dtype == torch.float32 and torch.allclose(got[0], want[0], atol=1e-6)
+        assert torch.allclose(got[1], want[1], atol=1e-6)
     with pytest.raises(ValueError, match="known backends: auto, chunked, recurrent, fla"):
         wkv6(r, k, v, w, u, backend="cuda-magic")
     with pytest.raises(ValueError, match="u must be"):
