@@ -1,1 +1,1 @@
-from . import rwkv6  # noqa: F401  (registers the backbones)
+from . import gla, mamba, mamba2, rwkv6, rwkv7  # noqa: F401  (registers the backbones)
