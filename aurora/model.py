@@ -115,18 +115,54 @@ class AuroraModel(nn.Module):
         stop_ids: list[list[int]] | None = None,
         eos_id: int | None = 0,
     ) -> list[int]:
-        """Greedy decoding for one sample; stops at ``eos_id`` or when the output ends with a stop sequence
-        (which is removed)."""
-        logits, state = self.prefill(pixels, prompt_ids)
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            tok = int(logits.argmax(-1))
-            if eos_id is not None and tok == eos_id:
-                break
-            out.append(tok)
-            for stop in stop_ids or []:
-                if stop and out[-len(stop) :] == stop:
-                    return out[: -len(stop)]
-            hidden, state = self.rnn(self.rnn.embed(torch.tensor([[tok]], device=pixels.device)), state)
+        """Greedy decoding for one sample (1, T); see :meth:`generate_batch`."""
+        return self.generate_batch(pixels, [prompt_ids[0]], max_new_tokens, stop_ids, eos_id)[0]
+
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        pixels: Tensor,
+        prompts: list[Tensor],
+        max_new_tokens: int = 16,
+        stop_ids: list[list[int]] | None = None,
+        eos_id: int | None = 0,
+    ) -> list[list[int]]:
+        """Greedy decoding for a batch of videos (B, F, 3, H, W) and their prompts (B 1-D id tensors, any lengths).
+
+        The videos are encoded in one batch. An RNN has no attention mask, so padding would enter the state:
+        prompts of equal length are read together instead, each group decoded in lock-step from its state, with
+        exactly the result of decoding every sample alone. A row stops at ``eos_id`` or when its output ends with
+        a stop sequence (which is removed).
+        """
+        if len(prompts) != pixels.shape[0]:
+            raise ValueError(f"{pixels.shape[0]} videos for {len(prompts)} prompts")
+        video, _ = self.encode_video(pixels)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(p), []).append(i)
+        outs: list[list[int]] = [[] for _ in prompts]
+        for rows in groups.values():
+            embeds, _ = self.splice(torch.stack([prompts[i] for i in rows]), video[rows])
+            hidden, state = self.rnn(embeds)
             logits = self.rnn.logits(hidden[:, -1])
-        return out
+            done = [False] * len(rows)
+            for _ in range(max_new_tokens):
+                toks = logits.argmax(-1)
+                for j, i in enumerate(rows):
+                    if done[j]:
+                        continue
+                    tok = int(toks[j])
+                    if eos_id is not None and tok == eos_id:
+                        done[j] = True
+                        continue
+                    outs[i].append(tok)
+                    for stop in stop_ids or []:
+                        if stop and outs[i][-len(stop) :] == stop:
+                            del outs[i][-len(stop) :]
+                            done[j] = True
+                            break
+                if all(done):
+                    break
+                hidden, state = self.rnn(self.rnn.embed(toks[:, None]), state)
+                logits = self.rnn.logits(hidden[:, -1])
+        return outs

@@ -123,3 +123,20 @@ def test_generation_stops_at_stop_sequence(model):
     free = model.generate(pixels, ids[:, :5], max_new_tokens=6, eos_id=None)
     stopped = model.generate(pixels, ids[:, :5], max_new_tokens=6, stop_ids=[free[2:4]], eos_id=None)
     assert stopped == free[:2]
+
+
+def test_batched_generation_equals_one_sample_at_a_time(model):
+    samples = [sample(prompt_len=n, seed=s) for n, s in ((5, 0), (7, 1), (5, 2))]
+    pixels = torch.cat([p for p, _, _ in samples])
+    prompts = [ids[0, :n] for (_, ids, _), n in zip(samples, (5, 7, 5))]
+    alone = [model.generate(p, ids[None], max_new_tokens=4, eos_id=None) for (p, _, _), ids in zip(samples, prompts)]
+    together = model.generate_batch(pixels, prompts, max_new_tokens=4, eos_id=None)
+    assert together == alone and all(len(o) == 4 for o in together)
+    # a stop sequence ends one row early without touching the others
+    stop = alone[1][1:3]
+    stopped = model.generate_batch(pixels, prompts, max_new_tokens=4, stop_ids=[stop], eos_id=None)
+    assert stopped[1] == alone[1][:1]
+    assert stopped == [model.generate(p, ids[None], max_new_tokens=4, stop_ids=[stop], eos_id=None)
+                       for (p, _, _), ids in zip(samples, prompts)]
+    with pytest.raises(ValueError, match="3 videos for 2 prompts"):
+        model.generate_batch(pixels, prompts[:2])
