@@ -1,1 +1,1 @@
-from . import gla, mamba, mamba2, rwkv6, rwkv7  # noqa: F401  (registers the backbones)
+from . import gated_deltanet, gla, mamba, mamba2, rwkv6, rwkv7, transformer  # noqa: F401  (registers the backbones)

@@ -1,0 +1,193 @@
+"""The gated delta rule (Gated DeltaNet, Yang, Kautz & Hatamizadeh 2024) in three forms behind one dispatch.
+
+Layout (as fla's kernels): q, k (B, T, H, K); v (B, T, HV, V); per-head scalar log decay g (B, T, HV) (<= 0;
+fla's layer uses ``-exp(A_log) * softplus(a + dt_bias)``) and write strength beta (B, T, HV) (sigmoid, in (0, 1),
+or (0, 2) with negative eigenvalues); state S (B, HV, K, V) indexed [key, value]. With HV > H (grouped value
+heads) value head j reads query / key head ``j // (HV / H)``. q and k come in as the layer makes them (fla's
+layer L2-normalises them first). For each head:
+
+    S_t = exp(g_t) (I - beta_t k_tᵀ k_t) S_{t-1} + beta_t k_tᵀ v_t
+    o_t = scale * q_t S_t
+
+- ``gated_delta_recurrent``: the step form, one token at a time (generation; the reference).
+- ``gated_delta_chunked``: the training / prefill form on CPU (the WY / UT transform). Inside a chunk of L tokens
+  with incoming state S0, the values the tokens actually write, ``d_t = beta_t (v_t - k_t exp(g_t) S_{t-1})``,
+  solve one unit lower-triangular system ``(I + A) d = beta v - (beta exp(c) k) S0`` with
+  ``A[t, s] = beta_t (k_t · k_s) exp(c_t - c_s)`` (s < t). Both right-hand sides are solved once for all chunks
+  (``U = (I + A)^-1 beta v``, ``W = (I + A)^-1 beta exp(c) k``), so the loop over chunks is only
+  ``d = U - W S0`` and the state update ``S = exp(c_L) S0 + sum_s exp(c_L - c_s) k_sᵀ d_s``; the outputs are
+  masked matrix products. Every decay factor is the exponential of a directly summed segment of log decays
+  (never a difference of two long sums): all exponents are <= 0, exact for very strong decays.
+- CUDA: fla's Triton kernels (``chunk_gated_delta_rule`` for T > 1, ``fused_recurrent_gated_delta_rule`` for
+  T == 1), with the gate, beta and L2 norm already applied (the ``*_in_kernel`` options off).
+
+``scale`` defaults to K ** -0.5 (fla's default). Arithmetic is float32 at least (float64 stays float64), and the
+PyTorch forms run with autocast off so a bf16 autocast region cannot cast it down; the output comes back in q's
+dtype, the state in float32 (float64 for float64 inputs).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "chunked", "recurrent", "fla")
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _full_precision(fn):
+    """Run a PyTorch form with autocast off: under a bf16 autocast region its matrix products (the triangular
+    solve's right-hand sides, the state hand-over, the outputs) would otherwise drop to bf16 while the state is
+    meant to stay float32."""
+
+    @functools.wraps(fn)
+    def run(q: Tensor, *args, **kwargs):
+        with torch.autocast(q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return run
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor | None) -> None:
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"q and k must share one (B, T, H, K) shape; got {tuple(q.shape)}, {tuple(k.shape)}")
+    b, t, h, n = q.shape
+    if v.dim() != 4 or v.shape[:2] != (b, t) or v.shape[2] % h:
+        raise ValueError(f"v must be (B, T, HV, V) = ({b}, {t}, HV, V) with HV a multiple of H = {h}; "
+                         f"got {tuple(v.shape)}")
+    hv = v.shape[2]
+    if g.shape != (b, t, hv) or beta.shape != (b, t, hv):
+        raise ValueError(f"g and beta must be (B, T, HV) = ({b}, {t}, {hv}); got {tuple(g.shape)}, "
+                         f"{tuple(beta.shape)}")
+    if state is not None and state.shape != (b, hv, n, v.shape[-1]):
+        raise ValueError(f"state must be (B, HV, K, V) = ({b}, {hv}, {n}, {v.shape[-1]}); got {tuple(state.shape)}")
+
+
+def _prepare(q, k, v, g, beta, state, scale):
+    """Checks, compute dtype, grouped heads expanded (q, k to HV heads), default scale, zero state."""
+    _check(q, k, v, g, beta, state)
+    b, t, h, n = q.shape
+    hv, dv = v.shape[2], v.shape[3]
+    ct = _compute_dtype(q)
+    q, k, v, g, beta = (x.to(ct) for x in (q, k, v, g, beta))
+    if hv != h:
+        q, k = (x.repeat_interleave(hv // h, dim=2) for x in (q, k))
+    s = q.new_zeros(b, hv, n, dv) if state is None else state.to(ct)
+    return q, k, v, g, beta, s, (n ** -0.5 if scale is None else scale)
+
+
+@_full_precision
+def gated_delta_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token gated delta rule. Returns (o (B, T, HV, V) in q's dtype, final state (B, HV, K, V))."""
+    out_dtype = q.dtype
+    q, k, v, g, beta, s, scale = _prepare(q, k, v, g, beta, state, scale)
+    outs = []
+    for i in range(q.shape[1]):
+        s = g[:, i, :, None, None].exp() * s
+        kt = k[:, i]  # (B, HV, K)
+        write = beta[:, i, :, None] * (v[:, i] - torch.einsum("bhk,bhkv->bhv", kt, s))  # d_t
+        s = s + kt[..., None] * write[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], s))
+    o = torch.stack(outs, 1) if outs else v.new_zeros(v.shape)
+    return (o * scale).to(out_dtype), s
+
+
+@_full_precision
+def gated_delta_chunked(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor | None = None,
+    chunk_size: int = 16, scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Chunk-parallel gated delta rule (same result as :func:`gated_delta_recurrent`)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out_dtype = q.dtype
+    q, k, v, g, beta, s, scale = _prepare(q, k, v, g, beta, state, scale)
+    b, t, h, n = q.shape  # h: value heads from here on
+    dv = v.shape[-1]
+    if t == 0:
+        return v.new_zeros(v.shape).to(out_dtype), s
+
+    # Pad T to whole chunks: padded tokens have beta = 0 (write nothing) and log decay 0 (keep the state).
+    L = min(chunk_size, t)
+    nc = -(-t // L)
+    pad = nc * L - t
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+        g, beta = (F.pad(x, (0, 0, 0, pad)) for x in (g, beta))
+
+    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D)
+        return x.reshape(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
+
+    qc, kc, vc = chunks(q), chunks(k), chunks(v)
+    gc, bc = chunks(g[..., None])[..., 0], chunks(beta[..., None])  # (B, H, NC, L), (B, H, NC, L, 1)
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    strict = causal.tril(-1)
+    # seg[t, s] = g_{s+1} + ... + g_t for s < t (0 on and above the diagonal); all log decays are <= 0, so
+    # these direct sums are well conditioned (a difference of two cumulative sums would not be).
+    seg = (gc[..., :, None] * strict).cumsum(-2)  # (B, H, NC, L, L)
+    decay = seg.exp() * causal  # exp(c_t - c_s) for s <= t, else 0
+    c = gc.cumsum(-1)[..., None]  # (B, H, NC, L, 1): g_1 + ... + g_t
+    rest = F.pad(gc.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))[..., None]  # g_{s+1} + ... + g_L
+
+    # The WY / UT transform: one unit lower-triangular solve per chunk, for two right-hand sides at once.
+    a = (bc * (kc @ kc.transpose(-1, -2))) * decay * strict  # A[t, s], s < t
+    eye = torch.eye(L, dtype=q.dtype, device=q.device)
+    rhs = torch.cat([bc * vc, bc * c.exp() * kc], -1)  # (B, H, NC, L, V + K)
+    uw = torch.linalg.solve_triangular(eye + a, rhs, upper=False, unitriangular=True)
+    u, w = uw[..., :dv], uw[..., dv:]  # d = u - w S0
+
+    qk = (qc @ kc.transpose(-1, -2)) * decay  # (B, H, NC, L, L), s <= t
+    k_out = rest.exp() * kc  # k_s as the end of its chunk sees it
+    chunk_decay = c[:, :, :, -1:].exp()  # (B, H, NC, 1, 1)
+    incoming, writes = [], []
+    for i in range(nc):  # the sequential part: a few small matrix products per chunk
+        incoming.append(s)
+        d = u[:, :, i] - w[:, :, i] @ s  # (B, H, L, V): what the chunk's tokens write
+        writes.append(d)
+        s = chunk_decay[:, :, i] * s + k_out[:, :, i].transpose(-1, -2) @ d
+    s_in, d = torch.stack(incoming, 2), torch.stack(writes, 2)
+    y = (qc * c.exp()) @ s_in + qk @ d  # (B, H, NC, L, V)
+
+    o = y.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t]
+    return (o * scale).to(out_dtype), s
+
+
+def gated_delta(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor | None = None,
+    backend: str = "auto", chunk_size: int = 16, scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One dispatch for the gated delta rule: (output in q's dtype, final state in float32, float64 for float64).
+
+    ``backend``: ``auto`` (fla's kernels on CUDA; on CPU ``chunked`` for T > 1 and ``recurrent`` for T == 1),
+    ``chunked``, ``recurrent`` or ``fla``. An empty sequence (T == 0) returns the state as it came in.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown gated delta backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+    t = q.shape[1]
+    if (backend == "fla" or (backend == "auto" and q.is_cuda)) and t > 0:
+        return _fla_gated_delta(q, k, v, g, beta, state, scale)
+    if backend == "recurrent" or (backend == "auto" and t <= 1):
+        return gated_delta_recurrent(q, k, v, g, beta, state, scale)
+    return gated_delta_chunked(q, k, v, g, beta, state, chunk_size, scale)
+
+
+def _fla_gated_delta(q, k, v, g, beta, state, scale):
+    """fla 0.6 convention: (B, T, H, K) inputs, g the log decay, beta after its sigmoid, state (B, HV, K, V)."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    _check(q, k, v, g, beta, state)
+    init = None if state is None else state.float()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    fn = fused_recurrent_gated_delta_rule if q.shape[1] == 1 else chunk_gated_delta_rule
+    k, v = k.to(q.dtype), v.to(q.dtype)  # the Triton kernels take q, k, v in one dtype
+    o, s = fn(q, k, v, g=g.float(), beta=beta.to(q.dtype), scale=scale, initial_state=init,
+              output_final_state=True)
+    return o.to(q.dtype), s
