@@ -3,6 +3,8 @@
     aurora fit|validate|test|predict --config recipes/demo.yaml [--print_config] [--model.merge.order ...]
     aurora data synthetic --out DIR [--train N --val N --test N --frames F --size S --seed K]
     aurora demo [--config recipes/demo.yaml] [--out runs/demo]
+    aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
+    aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
 """
 from __future__ import annotations
 
@@ -125,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:])
     if argv and argv[0] == "demo":
         return demo_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from aurora.bench import bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "convert":
+        from aurora.convert import convert_main
+
+        return convert_main(argv[1:])
     AuroraCLI(args=argv)
     return 0
 

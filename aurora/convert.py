@@ -1,0 +1,357 @@
+"""``aurora convert``: a community checkpoint -> our backbone's state dict as safetensors + a JSON of its
+constructor arguments.
+
+    aurora convert --backbone rwkv6 --src RWKV-x060-World-1B6.pth --out rwkv6-1b6.safetensors
+    aurora convert --backbone mamba --src ./mamba-130m-hf --out mamba-130m.safetensors --format hf
+
+The backbone's own loader reads the source (``from_checkpoint`` where the backbone has one, else
+``from_official`` on the state dict read from the file), so every format a backbone reads converts:
+
+    rwkv6           official  BlinkDL's .pth (or .safetensors with the official names)
+    rwkv7           official  BlinkDL's .pth;  hf: an fla-hub directory (config.json + weights) or weights file
+    mamba, mamba2   hf        a transformers save_pretrained directory;  state-spaces: config.json with d_model /
+                              ssm_cfg + pytorch_model.bin;  or one weights file in either layout
+    gla, gated_deltanet, transformer   hf  (fla-hub, resp. transformers Llama / Qwen2, directories)
+
+``--format`` (default ``auto``) states what the source is; a source that is recognisably another format, or a
+format the backbone does not read, is refused with the reason. A checkpoint of another architecture fails with
+the loader's message naming the missing / unexpected / wrong-shape keys, plus the source's own first keys.
+
+Written: ``OUT.safetensors`` holding our ``state_dict()`` (tensors shared by tied weights are stored under each
+name, so ``load_state_dict(strict=True)`` takes the file as it is), and ``OUT.json`` beside it, the registry spec
+``{"name": ..., **constructor kwargs}`` exactly as the loader built the model. Loading back::
+
+    from aurora.convert import load_converted
+    model = load_converted("rwkv6-1b6.safetensors")            # kwargs such as backend="chunked" override
+    # which is: model = RNN.build(json.load(open("rwkv6-1b6.json"))); model.load_state_dict(load_file(...))
+
+The backbones take no ``checkpoint`` argument, so a recipe cannot point at the file yet; build the model with
+:func:`load_converted` (or the two lines above).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# which source formats each backbone's loader reads (a backbone not listed: whatever its loader reads, auto only)
+FORMATS: dict[str, tuple[str, ...]] = {
+    "rwkv6": ("official",),
+    "rwkv7": ("official", "hf"),
+    "mamba": ("hf", "state-spaces"),
+    "mamba2": ("hf", "state-spaces"),
+    "gla": ("hf",),
+    "gated_deltanet": ("hf",),
+    "transformer": ("hf",),
+}
+FORMAT_CHOICES = ("auto", "official", "hf", "state-spaces")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConvertError(ValueError):
+    """A conversion that cannot be done, with the reason."""
+
+
+# ------------------------------------------------------------------------------------------- reading sources
+
+
+def _weights_files(src: Path) -> list[Path]:
+    """The weights file(s) of a checkpoint directory (single or sharded), or the file itself."""
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise FileNotFoundError(f"no checkpoint at {src}")
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (src / index).is_file():
+            shards = sorted(set(json.loads((src / index).read_text())["weight_map"].values()))
+            return [src / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (src / name).is_file():
+            return [src / name]
+    found = sorted(p.name for p in src.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
+    if len(found) == 1:
+        return [src / found[0]]
+    raise FileNotFoundError(f"{src} has no model.safetensors / pytorch_model.bin (or sharded index)"
+                            + (f"; weights files there: {', '.join(found)}" if found else ""))
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+
+    try:  # memory-mapped: reading the keys of a large .pth costs nothing
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unwrap(sd: Any, path: Path) -> dict[str, Any]:
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ConvertError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+
+def read_state_dict(src: str | Path) -> dict[str, Any]:
+    """All tensors of a weights file (.safetensors, or .pth / .pt / .bin read with ``weights_only=True``) or of a
+    checkpoint directory."""
+    from safetensors.torch import load_file
+
+    sd: dict[str, Any] = {}
+    for f in _weights_files(Path(src)):
+        sd.update(load_file(str(f)) if f.suffix == ".safetensors" else _unwrap(_torch_load(f), f))
+    return sd
+
+
+def source_keys(src: str | Path) -> list[str]:
+    """The tensor names of a checkpoint, without reading the tensors where the format allows."""
+    from safetensors import safe_open
+
+    keys: list[str] = []
+    for f in _weights_files(Path(src)):
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as h:
+                keys += list(h.keys())
+        else:
+            keys += list(_unwrap(_torch_load(f), f))
+    return sorted(keys)
+
+
+def detect_format(src: str | Path) -> tuple[str | None, str]:
+    """(format, the evidence) of a checkpoint: ``official`` (BlinkDL RWKV names), ``state-spaces`` (state-spaces'
+    Mamba config / names), ``hf`` (a transformers / fla-hub config or names), or None if none of these."""
+    src = Path(src)
+    folder = src if src.is_dir() else src.parent
+    config: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ConvertError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
+    keys = source_keys(src)
+    if any(k == "emb.weight" or k.startswith("blocks.") for k in keys):
+        return "official", "BlinkDL names (emb.weight, blocks.N...)"
+    if "ssm_cfg" in config or ("d_model" in config and "n_layer" in config and "hidden_size" not in config):
+        return "state-spaces", f"state-spaces config.json ({', '.join(k for k in ('d_model', 'ssm_cfg') if k in config)})"
+    if config.get("model_type") or "hidden_size" in config:
+        return "hf", f"config.json with model_type {config.get('model_type')!r}"
+    if any(k.startswith("backbone.embedding.") for k in keys):
+        return "state-spaces", "state-spaces names (backbone.embedding.weight)"
+    if any(k.startswith(("backbone.embeddings.", "model.")) for k in keys):
+        return "hf", "Hugging Face names (model.* / backbone.embeddings.*)"
+    return None, "no known layout"
+
+
+# ------------------------------------------------------------------------------------------------ converting
+
+
+def _recording(cls: type) -> tuple[type, dict[str, Any]]:
+    """A subclass of ``cls`` (same name) that records the keyword arguments it is built with, so the loader's
+    own choice of constructor arguments is what the sidecar holds."""
+    seen: dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args:
+            raise TypeError(f"{cls.__name__} loader passed positional arguments; cannot record them")
+        seen.clear()
+        seen.update(kwargs)
+        cls.__init__(self, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__}), seen
+
+
+def _registered(name: str) -> type:
+    import importlib
+
+    import aurora.components.rnn  # noqa: F401  (registers the backbones)
+    from aurora.registry import RNN
+
+    if name not in RNN:
+        try:
+            importlib.import_module(f"aurora.components.rnn.{name}")
+        except ImportError:
+            pass
+    try:
+        return RNN.get(name)
+    except KeyError as e:
+        raise ConvertError(str(e.args[0])) from None
+
+
+def _key_report(sd_keys: list[str], own: dict[str, Any], given: dict[str, Any] | None = None) -> str:
+    missing = sorted(set(own) - set(sd_keys))
+    unexpected = sorted(set(sd_keys) - set(own))
+    wrong = []
+    if given is not None:
+        wrong = [f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(given))
+                 if tuple(given[k].shape) != tuple(own[k].shape)]
+    return "; ".join(f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                     for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                     if keys)
+
+
+def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", dtype: str = "float32",
+            **overrides: Any) -> dict[str, Any]:
+    """Convert ``src`` (see the module docstring) to ``out`` (.safetensors) + its ``.json`` spec; returns the spec.
+
+    ``overrides`` go to the loader (and so into the spec), e.g. a size the checkpoint does not determine.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    src, out = Path(src), Path(out)
+    if out.suffix != ".safetensors":
+        raise ConvertError(f"--out must end in .safetensors, got {out.name!r}")
+    if fmt not in FORMAT_CHOICES:
+        raise ConvertError(f"unknown --format {fmt!r}; choices: {', '.join(FORMAT_CHOICES)}")
+    if dtype not in DTYPES:
+        raise ConvertError(f"unknown --dtype {dtype!r}; choices: {', '.join(DTYPES)}")
+    if not src.exists():
+        raise FileNotFoundError(f"no checkpoint at {src}")
+    cls = _registered(backbone)
+    supported = FORMATS.get(backbone)
+    if fmt != "auto" and supported is not None and fmt not in supported:
+        raise ConvertError(f"{backbone} reads {' / '.join(supported)} checkpoints, not {fmt!r}")
+    detected, evidence = detect_format(src)
+    if fmt != "auto" and detected is not None and detected != fmt:
+        raise ConvertError(f"--format {fmt} given, but {src} is {_a(detected)} checkpoint ({evidence})")
+
+    recording, kwargs = _recording(cls)
+    try:
+        if hasattr(cls, "from_checkpoint"):
+            model = recording.from_checkpoint(src, **overrides)
+        elif hasattr(cls, "from_official"):
+            model = recording.from_official(read_state_dict(src), **overrides)
+        else:
+            raise ConvertError(f"{backbone} has no checkpoint loader (from_checkpoint / from_official)")
+    except (ValueError, KeyError) as e:
+        if isinstance(e, ConvertError):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        hint = ""
+        if supported is not None and detected is not None and detected not in supported:
+            hint = f" It is {_a(detected)} checkpoint ({evidence}); {backbone} reads {' / '.join(supported)} ones."
+        raise ConvertError(f"{src} does not convert to {backbone}: {msg}.{hint} {_mismatch(backbone, cls, src)}"
+                           ) from None
+
+    spec = {"name": backbone, **kwargs}
+    try:
+        json.dumps(spec)
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"the {backbone} loader built the model with arguments that JSON cannot hold: {e}") from None
+    sd = {k: v.detach().to(getattr(torch, dtype)).contiguous().clone() for k, v in model.state_dict().items()}
+
+    # the spec must rebuild exactly this architecture (checked on the meta device: no memory, no initialisation)
+    with torch.device("meta"):
+        rebuilt = _registered(backbone)(**kwargs)
+    report = _key_report(list(sd), rebuilt.state_dict(), sd)
+    if report:
+        raise ConvertError(f"internal: the recorded {backbone} arguments {kwargs} do not rebuild the loaded model: "
+                           f"{report}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    side = out.with_suffix(".json")
+    tmp_w, tmp_j = (p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (out, side))
+    try:
+        save_file(sd, str(tmp_w), metadata={"format": "pt", "aurora.backbone": backbone,
+                                            "aurora.source": str(src), "aurora.source_format": detected or "unknown"})
+        tmp_j.write_text(json.dumps(spec, indent=2) + "\n")
+        os.replace(tmp_w, out)
+        os.replace(tmp_j, side)
+    finally:
+        for p in (tmp_w, tmp_j):
+            if p.exists():
+                p.unlink()
+    return spec
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiouh" else "a ") + word
+
+
+def _our_names(backbone: str, cls: type, sd: dict[str, Any]) -> dict[str, Any]:
+    """A source state dict under our parameter names, by the backbone module's own renaming (if it has one)."""
+    mod = sys.modules[cls.__module__]
+    if backbone == "rwkv7" and getattr(mod, "_is_fla", lambda _: False)(sd):
+        return mod.fla_to_official(sd)[0]
+    for fn in ("normalize_state_dict", "to_our_keys"):
+        if callable(getattr(mod, fn, None)):
+            return getattr(mod, fn)(sd)
+    return sd
+
+
+def _mismatch(backbone: str, cls: type, src: Path) -> str:
+    """Which parameter names (layer numbers as N) a ``backbone`` has and the source lacks, and the reverse."""
+    import re
+
+    import torch
+
+    try:
+        sd = _our_names(backbone, cls, read_state_dict(src))
+        with torch.device("meta"):
+            own = cls().state_dict()
+    except Exception as e:  # noqa: BLE001  (only a hint on top of the loader's message)
+        return f"(key comparison not possible: {e})"
+    pattern = lambda keys: {re.sub(r"\.\d+\.", ".N.", k) for k in keys}  # noqa: E731
+    ours, theirs = pattern(own), pattern(sd)
+    parts = [f"{what} ({len(keys)}): {', '.join(sorted(keys)[:8])}{' ...' if len(keys) > 8 else ''}"
+             for what, keys in ((f"{backbone} keys the source lacks", ours - theirs),
+                                (f"source keys a {backbone} does not have", theirs - ours)) if keys]
+    return "Key mismatch: " + "; ".join(parts) + "." if parts else ""
+
+
+def load_converted(path: str | Path, **overrides: Any):
+    """Build the backbone a conversion wrote: ``RNN.build`` on the ``.json`` beside ``path`` (``overrides``, e.g.
+    ``backend`` or ``chunk_size``, replace its entries), then load ``path`` strictly; a file that does not fit
+    raises ``ValueError`` naming the missing / unexpected / wrong-shape keys."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"no converted checkpoint at {path}")
+    if not side.is_file():
+        raise FileNotFoundError(f"{side} (the constructor arguments written beside {path.name}) is missing")
+    spec = json.loads(side.read_text())
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"{side} is not a backbone spec (a mapping with 'name'); got {str(spec)[:200]}")
+    cls = _registered(spec["name"])
+    kwargs = {k: v for k, v in spec.items() if k != "name"} | overrides
+    model = cls(**kwargs)
+    sd = load_file(str(path))
+    own = model.state_dict()
+    report = _key_report(list(sd), own, sd)
+    if report:
+        raise ValueError(f"{path} does not fit the {spec['name']} that {side.name} describes: {report}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def convert_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aurora convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", required=True, help="registered backbone name (rwkv6, mamba, ...)")
+    parser.add_argument("--src", required=True, help="community checkpoint: a file or a directory")
+    parser.add_argument("--out", required=True, help="output .safetensors (the .json goes beside it)")
+    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="what --src is (default: auto)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="tensor dtype written (default float32)")
+    args = parser.parse_args(argv)
+    try:
+        spec = convert(args.backbone, args.src, args.out, fmt=args.format, dtype=args.dtype)
+    except (ConvertError, FileNotFoundError) as e:
+        print(f"aurora convert: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    print(json.dumps(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(convert_main(sys.argv[1:]))
