@@ -44,11 +44,33 @@ class AuroraModel(nn.Module):
         projector: Mapping[str, Any] | str,
         rnn: Mapping[str, Any],
     ) -> "AuroraModel":
-        """Build every part by registry name; the projector's dimensions are wired from its neighbours."""
+        """Build every part by registry name; the projector's dimensions are wired from its neighbours.
+
+        ``rnn: {checkpoint: PATH.safetensors}`` starts the language model from a file written by ``aurora convert``
+        (its architecture comes from the JSON beside it; other keys such as ``backend`` override it).
+        """
         vis = VISION.build(vision, merge=merge)
-        lm = RNN.build(rnn)
+        lm = cls._language_model(rnn)
         proj = PROJECTOR.build(projector, in_dim=vis.out_dim, out_dim=lm.d_model)
         return cls(vis, proj, lm)
+
+    @staticmethod
+    def _language_model(spec: Mapping[str, Any]) -> RecurrentLM:
+        spec = dict(spec)
+        path = spec.pop("checkpoint", None)
+        if path is None:
+            return RNN.build(spec)
+        import json
+        from pathlib import Path
+
+        from aurora.convert import load_converted
+
+        name = spec.pop("name", None)
+        side = Path(path).with_suffix(".json")
+        held = json.loads(side.read_text()).get("name") if side.is_file() else None
+        if name is not None and held is not None and name != held:
+            raise ValueError(f"rnn.name is {name!r} but {path} holds a {held!r} backbone")
+        return load_converted(path, **spec)
 
     # -- the pieces of the data flow -------------------------------------------------------------------
     def encode_video(self, pixels: Tensor) -> tuple[Tensor, VisualTokens]:

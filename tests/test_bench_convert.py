@@ -122,6 +122,16 @@ def test_convert_rwkv6_official_pth_round_trip(tmp_path, capsys):
     rebuilt.load_state_dict(load_file(str(out)))
     assert torch.equal(logits(rebuilt.eval(), IDS), want)
     assert "wrote" in capsys.readouterr().out
+    # a recipe starts the language model from the converted file: rnn: {checkpoint: PATH}
+    from aurora.model import AuroraModel
+
+    vision = {"name": "siglip", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 64, "image_size": 16, "patch_size": 8}
+    model = AuroraModel.from_specs(vision=vision, merge=None, projector="mlp",
+                                   rnn={"name": "rwkv6", "checkpoint": str(out), "chunk_size": 8})
+    assert model.rnn.chunk_size == 8 and torch.allclose(logits(model.rnn.eval(), IDS), want, atol=1e-5)
+    with pytest.raises(ValueError, match="rnn.name is 'mamba' but .* holds a 'rwkv6' backbone"):
+        AuroraModel.from_specs(vision=vision, merge=None, projector="mlp", rnn={"name": "mamba", "checkpoint": str(out)})
 
 
 def test_convert_mamba_transformers_round_trip(tmp_path):
