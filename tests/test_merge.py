@@ -106,5 +106,5 @@ def test_schedules_and_registry():
     assert isinstance(MERGE.build("none"), TokenMerge)
     with pytest.raises(KeyError, match="known token orderings: original, random, size_ascending, size_descending"):
         ToMeMerge(order="sideways")
-    with pytest.raises(KeyError, match="known merge strategies: none, tome"):
+    with pytest.raises(KeyError, match="known merge strategies: none, pool, tome, tome_post"):
         MERGE.build("pool9")
