@@ -11,6 +11,7 @@ from aurora.registry import MERGE, ORDER
 def test_paper_r_and_token_counts():
     assert r_for_keep_ratio(576, 24, 0.1) == 21
     assert r_for_keep_ratio(576, 24, 1.0) == 0
+    assert r_for_keep_ratio(576, 0, 0.1) == 0  # no layer runs (feature_layer 0)
     # the paper's trace 576 -> 451 -> 325 -> 199 -> 73 counts one extra (class) token; ours has no class token
     assert [tokens_after(576, [21] * k) for k in (0, 6, 12, 18, 24)] == [576, 450, 324, 198, 72]
     assert tokens_after(32, [16]) == 17  # clamped: at most half the unprotected tokens per round

@@ -86,6 +86,8 @@ def r_for_keep_ratio(num_patches: int, num_layers: int, keep_ratio: float) -> in
     """The paper's constant r per layer: floor((1 - keep_ratio) * N / L)."""
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    if num_layers <= 0:  # no layer runs (feature_layer 0): nothing merges inside the encoder
+        return 0
     return int(math.floor((1.0 - keep_ratio) * num_patches / num_layers + 1e-9))
 
 
