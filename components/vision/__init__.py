@@ -1,1 +1,1 @@
-from . import siglip  # noqa: F401  (registers the vision encoders)
+from . import clip, siglip  # noqa: F401  (registers the vision encoders)

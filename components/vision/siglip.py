@@ -1,20 +1,19 @@
 """SigLIP vision transformer (transformers' weights) with the merge inside its layers.
 
-We run the layers ourselves, on the Hugging Face modules' own weights, because the merge has to sit between
-attention and MLP and attention must be proportional (+ log size on the logits). With ``merge: none`` (or
-``keep_ratio: 1``) the output equals ``SiglipVisionModel(...).hidden_states[feature_layer]``.
+The layer loop (proportional attention, the merge between attention and MLP) is :class:`MergingViT`'s; SigLIP
+supplies its embeddings (no class token, no pre-norm) and its weights. With ``merge: none`` (or ``keep_ratio: 1``)
+the output equals ``SiglipVisionModel(...).hidden_states[feature_layer]``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from aurora.registry import MERGE, VISION
-from aurora.types import VisionEncoder, VisualTokens
+from aurora.registry import VISION
+
+from .base import MergingViT, load_local, resolve_feature_layer  # noqa: F401  (resolve_feature_layer: re-exported)
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int) -> Tensor:
@@ -33,17 +32,8 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> Tensor:
     return torch.cat([axis(rows.flatten()), axis(cols.flatten())], dim=1).float()
 
 
-def resolve_feature_layer(feature_layer: int, num_layers: int) -> int:
-    """Number of layers to run so the output is ``hidden_states[feature_layer]`` (0 = the embeddings,
-    -1 = the last layer's output, -2 = the paper's choice: the last layer dropped)."""
-    k = feature_layer if feature_layer >= 0 else num_layers + 1 + feature_layer
-    if not 0 <= k <= num_layers:
-        raise ValueError(f"feature_layer {feature_layer} is out of range for a {num_layers}-layer encoder")
-    return k
-
-
 @VISION.register("siglip")
-class SiglipVision(VisionEncoder):
+class SiglipVision(MergingViT):
     """SigLIP encoder; frames are encoded independently, features from ``feature_layer`` (hidden_states
     semantics: before the post-layernorm, which is never applied).
 
@@ -54,6 +44,7 @@ class SiglipVision(VisionEncoder):
         merge: a merge spec from the ``MERGE`` registry (``{name: tome, keep_ratio: 0.1}``), or None.
         position_init: for random weights, ``random`` (transformers' default) or ``sincos`` (2-D sine-cosine,
             still trainable): the better start when training from scratch. Ignored with ``pretrained``.
+        frozen: no gradients and no stored activations (``requires_grad=False``, forward under ``no_grad``).
     """
 
     def __init__(
@@ -69,14 +60,12 @@ class SiglipVision(VisionEncoder):
         merge: Mapping[str, Any] | str | None = None,
         attn_implementation: str = "sdpa",
         position_init: str = "random",
+        frozen: bool = False,
     ) -> None:
-        super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
         if pretrained is not None:
-            if not Path(pretrained).is_dir():
-                raise FileNotFoundError(f"SigLIP checkpoint directory not found: {pretrained}")
-            hf = SiglipVisionModel.from_pretrained(pretrained, local_files_only=True, attn_implementation=attn_implementation)
+            hf = load_local(SiglipVisionModel, pretrained, "SigLIP", ("siglip", "siglip_vision_model"), attn_implementation)
         else:
             config = SiglipVisionConfig(
                 hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
@@ -91,49 +80,5 @@ class SiglipVision(VisionEncoder):
                     hf_body.embeddings.position_embedding.weight.copy_(sincos_2d(grid, grid, hidden_size))
             elif position_init != "random":
                 raise ValueError(f"unknown position_init {position_init!r}; known: random, sincos")
-        self.config = hf.config
         body = getattr(hf, "vision_model", hf)  # older transformers nest the encoder one level down
-        self.embeddings = body.embeddings
-        depth = resolve_feature_layer(feature_layer, self.config.num_hidden_layers)
-        # only the layers that produce the features are kept: no unused parameters (DDP), less memory
-        self.layers = nn.ModuleList(list(body.encoder.layers)[:depth])
-        self.out_dim = self.config.hidden_size
-        self.patch_size = self.config.patch_size
-        self.num_heads = self.config.num_attention_heads
-        self.merge = MERGE.build(merge or "none")
-
-    def num_patches(self, height: int, width: int) -> int:
-        return (height // self.patch_size) * (width // self.patch_size)
-
-    def tokens_per_frame(self, height: int, width: int) -> int:
-        return self.merge.tokens_per_frame(self.num_patches(height, width), len(self.layers))
-
-    def forward(self, pixels: Tensor) -> VisualTokens:
-        if pixels.dim() != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"pixels must be (frames, 3, height, width), got {tuple(pixels.shape)}")
-        x = self.embeddings(pixels, interpolate_pos_encoding=True)  # bicubic for other grids; no new parameters
-        f, n, _ = x.shape
-        sizes = torch.ones(f, n, device=x.device, dtype=torch.float32)
-        source = None
-        if getattr(self.merge, "trace_source", False):
-            source = torch.eye(n, device=x.device, dtype=torch.float32).expand(f, n, n).contiguous()
-        merged = False
-        for layer, r in zip(self.layers, self.merge.schedule(n, len(self.layers))):
-            x, keys = self._attention(layer, x, sizes if merged else None)
-            if r > 0:
-                x, sizes, source = self.merge(x, keys, sizes, source, r)
-                merged = True
-            x = x + layer.mlp(layer.layer_norm2(x))
-        return VisualTokens(tokens=x, sizes=sizes, source=source)
-
-    def _attention(self, layer: nn.Module, x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Residual self-attention of one layer; proportional (+ log size) once tokens have been merged.
-        Also returns the keys averaged over heads: the merge's similarity metric."""
-        attn = layer.self_attn
-        f, n, c = x.shape
-        h = layer.layer_norm1(x)
-        q, k, v = (proj(h).view(f, n, self.num_heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        bias = None if sizes is None else sizes.log().to(q.dtype)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-        x = x + attn.out_proj(out.transpose(1, 2).reshape(f, n, c))
-        return x, k.mean(dim=1)
+        super().__init__(hf.config, body.embeddings, body.encoder.layers, feature_layer=feature_layer, merge=merge, frozen=frozen)
