@@ -5,6 +5,7 @@
     aurora demo [--config recipes/demo.yaml] [--out runs/demo]
     aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
     aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
+    aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt PATH] [--frames N] [--out merge.png]
 """
 from __future__ import annotations
 
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         from aurora.convert import convert_main
 
         return convert_main(argv[1:])
+    if argv and argv[0] == "viz":
+        from aurora.viz import viz_main
+
+        return viz_main(argv[1:])
     AuroraCLI(args=argv)
     return 0
 

@@ -1,0 +1,431 @@
+"""``aurora viz``: pictures of what the model does.
+
+    aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt last.ckpt] [--frames N] [--out merge.png]
+
+``merge`` runs the recipe's vision encoder with its token merge (``model.vision`` + ``model.merge``) on frames
+sampled uniformly from a video, with the datamodule's preprocessing, and draws every frame with its merged
+tokens: each token's patches filled in one colour, labelled ``k:s`` where ``k`` is the token's place in the order
+the language model reads the frame's tokens (its row in ``VisualTokens.tokens``) and ``s`` its size in patches.
+Without ``--ckpt`` the encoder has random weights (seeded by the recipe's ``seed_everything``), so the merges show
+an untrained encoder; ``--ckpt`` loads the ``model.vision.*`` weights of a Lightning checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import os
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from aurora.data.video import VideoDecodeError, decode_video, to_pixels, uniform_indices
+
+CKPT_PREFIX = "model.vision."
+DEFAULT_MEAN = (0.5, 0.5, 0.5)  # the datamodule's defaults (SigLIP's normalisation)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+class VizError(ValueError):
+    """Input that ``aurora viz`` cannot use: a recipe without a vision part, a checkpoint that does not fit, ..."""
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def load_recipe(config: str) -> dict[str, Any]:
+    """The recipe YAML as a dict, found the way the CLI finds it (:func:`aurora.recipes.resolve`)."""
+    import yaml
+
+    from aurora.recipes import resolve
+
+    path = resolve(config)  # FileNotFoundError naming the recipe when neither the file nor a packaged one exists
+    try:
+        recipe = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise VizError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(recipe, dict):
+        raise VizError(f"recipe {path} is not a mapping of sections (got {type(recipe).__name__})")
+    return recipe
+
+
+def _section(recipe: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``recipe[name]``, also in LightningCLI's ``{class_path, init_args}`` form."""
+    sec = recipe.get(name) or {}
+    if isinstance(sec, Mapping) and "init_args" in sec:
+        sec = sec["init_args"] or {}
+    if not isinstance(sec, Mapping):
+        raise VizError(f"recipe section {name!r} must be a mapping, got {sec!r}")
+    return dict(sec)
+
+
+def build_vision(recipe: Mapping[str, Any], ckpt: str | None = None) -> torch.nn.Module:
+    """The recipe's vision encoder with its merge, tracing sources; weights from ``ckpt`` when given."""
+    import aurora.components  # noqa: F401  (fills the registries)
+    from aurora.registry import VISION
+
+    model = _section(recipe, "model")
+    if "vision" not in model:
+        raise VizError("recipe has no model.vision section (the vision encoder to visualise)")
+    seed = recipe.get("seed_everything")
+    with torch.random.fork_rng(devices=[]):  # random weights: the same picture every run; global RNG untouched
+        torch.manual_seed(seed if isinstance(seed, int) else 0)
+        vision = VISION.build(model["vision"], merge=model.get("merge"))
+    vision.merge.trace_source = True  # the encoder then returns source maps (F, n, N)
+    if ckpt is not None:
+        load_vision_weights(vision, ckpt)
+    return vision.eval()
+
+
+def load_vision_weights(vision: torch.nn.Module, ckpt: str | os.PathLike) -> None:
+    """Load the ``model.vision.*`` tensors of a Lightning checkpoint; every missing, unexpected or mis-shaped key is
+    named in the error."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors, or objects weights_only refuses
+        raise VizError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
+    if not isinstance(blob, Mapping) or not isinstance(blob.get("state_dict"), Mapping):
+        raise VizError(f"{path} is not a Lightning checkpoint: no 'state_dict' mapping")
+    sd = {k[len(CKPT_PREFIX):]: v for k, v in blob["state_dict"].items() if k.startswith(CKPT_PREFIX)}
+    if not sd:
+        prefixes = sorted({k.split(".")[0] + "." + k.split(".")[1] if k.count(".") else k for k in blob["state_dict"]})
+        raise VizError(f"{path} has no '{CKPT_PREFIX}*' weights; its keys start with: {', '.join(prefixes[:8])}")
+    own = vision.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{CKPT_PREFIX}{k}: checkpoint {tuple(sd[k].shape)} vs recipe {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
+        if missing:
+            parts.append("missing " + ", ".join(CKPT_PREFIX + k for k in missing[:6]) + (" ..." if len(missing) > 6 else ""))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(CKPT_PREFIX + k for k in unexpected[:6])
+                         + (" ..." if len(unexpected) > 6 else ""))
+        raise VizError(f"checkpoint {path} does not fit the recipe's vision encoder: " + " | ".join(parts))
+    vision.load_state_dict(sd, strict=True)
+
+
+def decode_frames(video: str | os.PathLike, num_frames: int) -> tuple[Tensor, list[int], int]:
+    """Decode ``video`` with the project's reader and sample ``num_frames`` uniformly, as the datamodule does.
+    Returns uint8 frames (F, H, W, 3), the sampled frame indices and the video's frame count."""
+    path = Path(video)
+    if not path.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    if not path.is_file():
+        raise VizError(f"video path is not a file: {path}")
+    try:
+        frames = decode_video(path.read_bytes())  # all frames, so the sampled indices can be shown
+    except VideoDecodeError as e:
+        raise VideoDecodeError(f"{path}: {e}") from e
+    idx = uniform_indices(len(frames), num_frames)
+    return frames[idx], idx, len(frames)
+
+
+# ------------------------------------------------------------------------------------------------ the map
+
+
+@dataclass
+class MergeMap:
+    """Which patches every merged token holds, per frame, in the language model's reading order."""
+
+    images: Tensor  # (F, S, S, 3) float in [0, 1]: the frames as the encoder saw them (resized, cropped)
+    sizes: Tensor  # (F, n) size of each token (patches, plus a class token); token k = row k of VisualTokens.tokens
+    source: Tensor  # (F, n, P + N) token -> input token maps (P prefix/class tokens, then the N patches)
+    assignment: Tensor  # (F, gh, gw) the token index holding each patch
+    patch_size: int
+    prefix: int = 0  # class tokens in front of the patches in the encoder's input
+    shared: bool = False  # some patch is shared between tokens (overlapping pooling): shown in its largest share
+    frame_indices: list[int] = field(default_factory=list)
+    total_frames: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.sizes.shape[1]
+
+
+def patch_assignment(source: Tensor, grid: tuple[int, int] | None = None, prefix: int = 0) -> Tensor:
+    """Source maps (F, n, P + N) -> the token index of every patch (F, N), or (F, gh, gw) with ``grid``; the
+    first ``prefix`` columns (class tokens) are not patches. Raises :class:`VizError` unless every patch belongs to
+    exactly one token: its column is 0/1 with a single 1 (or, for shared patches, non-negative shares summing to 1:
+    the patch then goes to its largest share)."""
+    if source.dim() != 3:
+        raise VizError(f"source maps must be (frames, tokens, inputs), got shape {tuple(source.shape)}")
+    if not 0 <= prefix < source.shape[-1]:
+        raise VizError(f"{prefix} prefix tokens leave no patches in source maps of {source.shape[-1]} inputs")
+    patches = source[..., prefix:].to(torch.float64)
+    if bool((patches < 0).any()):
+        raise VizError("source maps must not be negative")
+    cover = patches.sum(1)  # (F, N): how much of each patch the tokens hold together
+    bad = (cover - 1).abs() > 1e-4
+    if bool(bad.any()):
+        f, p = bad.nonzero()[0].tolist()
+        held = int((patches[f, :, p] > 0).sum())
+        raise VizError(f"source maps must cover every patch exactly once; frame {f} patch {p} is held by {held} "
+                       f"token(s) with total weight {float(cover[f, p]):g} ({int(bad.sum())} patches wrong in all)")
+    out = patches.argmax(1)
+    if grid is not None:
+        gh, gw = grid
+        if gh * gw != out.shape[1]:
+            raise VizError(f"a {gh}x{gw} patch grid does not match {out.shape[1]} patches")
+        out = out.view(-1, gh, gw)
+    return out
+
+
+def merge_settings(vision: torch.nn.Module, spec: Any, num_patches: int) -> dict[str, Any]:
+    from aurora.registry import MERGE
+
+    merge = vision.merge
+    layers = len(vision.layers)
+    name = next((n for n in MERGE.names() if MERGE.get(n) is type(merge)), type(merge).__name__)
+    if spec is None or isinstance(spec, str):
+        shown = f"{spec or 'none'}"
+    else:
+        args = {k: v for k, v in dict(spec).items() if k != "name"}
+        shown = f"{spec.get('name', name)} (" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
+    n_in = num_patches + getattr(vision, "num_prefix_tokens", 0)
+    return {
+        "merge": name,
+        "spec": shown,
+        "keep_ratio": getattr(merge, "keep_ratio", None),
+        "order": getattr(merge, "order_name", None),
+        "schedule": merge.schedule(n_in, layers),
+        "layers": layers,
+        "patches": num_patches,
+    }
+
+
+@torch.no_grad()
+def merge_map(vision: torch.nn.Module, pixels: Tensor, mean=DEFAULT_MEAN, std=DEFAULT_STD,
+              spec: Any = None) -> MergeMap:
+    """Run ``vision`` (its merge tracing sources) on ``pixels`` (F, 3, H, W) and map patches to tokens."""
+    vt = vision(pixels)
+    if vt.source is None:
+        raise VizError(f"the merge {vision.merge!r} returned no source maps (it does not support trace_source)")
+    p = vision.patch_size
+    prefix = int(getattr(vision, "num_prefix_tokens", 0))
+    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+    if vt.source.shape[-1] != prefix + grid[0] * grid[1]:
+        raise VizError(f"source maps have {vt.source.shape[-1]} inputs; expected {prefix} prefix tokens + "
+                       f"{grid[0]}x{grid[1]} patches")
+    assignment = patch_assignment(vt.source, grid, prefix)
+    counts = vt.source.sum(-1)
+    if not torch.allclose(counts, vt.sizes.to(counts.dtype), atol=1e-4):
+        raise VizError("token sizes disagree with their source maps")
+    src = vt.source[..., prefix:]
+    shared = bool(((src > 0) & (src < 1)).any())
+    m = torch.tensor(mean, dtype=pixels.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=pixels.dtype).view(1, 3, 1, 1)
+    images = (pixels * s + m).clamp(0, 1).permute(0, 2, 3, 1)
+    return MergeMap(images=images, sizes=vt.sizes, source=vt.source, assignment=assignment, patch_size=p,
+                    prefix=prefix, shared=shared, settings=merge_settings(vision, spec, grid[0] * grid[1]))
+
+
+def _size_text(s: float) -> str:
+    return f"{int(round(s))}" if abs(s - round(s)) < 1e-4 else f"{s:.2f}"
+
+
+def token_labels(mm: MergeMap, frame: int) -> list[tuple[int, float, tuple[int, int] | None]]:
+    """(reading position, size, (row, col) of the patch that carries the label) for every token of ``frame``:
+    the token's patch nearest its centroid, so the label always sits on the token itself; None for a token that
+    holds no patch of its own (a class token)."""
+    a = mm.assignment[frame]
+    out = []
+    for k in range(mm.tokens_per_frame):
+        cells = (a == k).nonzero().to(torch.float64)  # (patches, 2) rows and columns
+        where = None
+        if len(cells):
+            centre = cells.mean(0)
+            r, c = cells[((cells - centre) ** 2).sum(1).argmin()].long().tolist()
+            where = (r, c)
+        out.append((k, float(mm.sizes[frame, k]), where))
+    return out
+
+
+def token_colours(n: int) -> list[tuple[float, float, float]]:
+    """``n`` distinct colours: tab20 up to 20, else golden-ratio hues with alternating lightness."""
+    if n <= 20:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["tab20"]
+        order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # the saturated ten first
+        return [tuple(cmap(order[i])[:3]) for i in range(n)]
+    return [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75 if i % 2 else 0.95, 0.95 if i % 3 else 0.75)
+            for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------ drawing
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
+    """One panel per frame: the frame, each token's patches filled in its colour, token edges, ``k:size`` labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    f = mm.images.shape[0]
+    gh, gw = mm.assignment.shape[1:]
+    size_px = mm.images.shape[1]
+    cols = min(f, 4)
+    rows = (f + cols - 1) // cols
+    panel = 3.6
+    width = max(panel * cols, 7.5)  # room for the title
+    title = "\n".join(textwrap.fill(line, width=int(width * 11)) for line in title.splitlines())
+    head = 0.19 * (title.count("\n") + 1) + 0.15  # inches of title above the panels
+    height = panel * rows + head
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, layout="constrained")
+    palette = np.array(token_colours(mm.tokens_per_frame))
+    fontsize = max(4.0, min(9.0, 150.0 / max(gh, gw)))
+    p = mm.patch_size
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= f:
+            continue
+        a = mm.assignment[i].numpy()
+        h, w = gh * p, gw * p  # the patch grid may stop short of the image's edge
+        ax.imshow(mm.images[i].numpy(), extent=(0, size_px, size_px, 0), interpolation="nearest")
+        # the most distinct colours go to the largest tokens, which cover most of the frame
+        rank = torch.sort(-mm.sizes[i].to(torch.float64), stable=True).indices.numpy()
+        colours = np.empty_like(palette)
+        colours[rank] = palette
+        ax.imshow(colours[a], extent=(0, w, h, 0), alpha=alpha, interpolation="nearest")
+        segs = []  # an edge wherever two neighbouring patches belong to different tokens
+        for r in range(gh):
+            for c in range(gw):
+                if c + 1 < gw and a[r, c] != a[r, c + 1]:
+                    segs.append([((c + 1) * p, r * p), ((c + 1) * p, (r + 1) * p)])
+                if r + 1 < gh and a[r, c] != a[r + 1, c]:
+                    segs.append([(c * p, (r + 1) * p), ((c + 1) * p, (r + 1) * p)])
+        from matplotlib.collections import LineCollection
+
+        ax.add_collection(LineCollection(segs, colors="white", linewidths=0.8))
+        off_grid = []
+        for k, s, where in token_labels(mm, i):
+            if where is None:
+                off_grid.append(f"{k}:{_size_text(s)}")
+                continue
+            r, c = where
+            ax.text((c + 0.5) * p, (r + 0.5) * p, f"{k}:{_size_text(s)}", ha="center", va="center",
+                    fontsize=fontsize, color="black", bbox=dict(boxstyle="round,pad=0.1", fc=(1, 1, 1, 0.75), lw=0))
+        ax.set_xlim(0, size_px)
+        ax.set_ylim(size_px, 0)
+        idx = f"frame {mm.frame_indices[i]} of 0..{mm.total_frames - 1}" if mm.frame_indices else f"frame {i}"
+        if off_grid:  # tokens without a patch of their own: the class token
+            idx += f"\nclass token (no patch): {', '.join(off_grid)}"
+        ax.set_title(idx, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    path = Path(out)
+    try:
+        _atomic_write(path, lambda t: fig.savefig(t, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def describe(mm: MergeMap) -> str:
+    """The text summary: tokens per frame and the settings, then every frame's token sizes in reading order."""
+    st = mm.settings
+    cls = f" + {mm.prefix} class token" if mm.prefix else ""
+    lines = [f"{mm.tokens_per_frame} tokens per frame from {st['patches']} patches{cls} "
+             f"(merge: {st['spec']}; r per layer {st['schedule']})"]
+    if mm.shared:
+        lines.append("  (overlapping windows: a shared patch is drawn in the token holding its largest share)")
+    for i in range(mm.sizes.shape[0]):
+        idx = mm.frame_indices[i] if mm.frame_indices else i
+        sizes = " ".join(_size_text(float(v)) for v in mm.sizes[i])
+        lines.append(f"  frame {idx}: sizes in reading order: {sizes}")
+    return "\n".join(lines)
+
+
+def title_for(mm: MergeMap, video: str, weights: str) -> str:
+    st = mm.settings
+    gh, gw = mm.assignment.shape[1:]
+    cls = f" + {mm.prefix} class token" if mm.prefix else ""
+    shared = " | shared patches drawn in their largest share" if mm.shared else ""
+    return (f"{Path(video).name}: {mm.tokens_per_frame} tokens per frame from {gh}x{gw}={st['patches']} patches "
+            f"of {mm.patch_size}px{cls} | merge: {st['spec']} | r per layer {st['schedule']}\n"
+            f"label k:s = token k in the order the language model reads the frame (frame f follows frame f-1), "
+            f"s = its size in patches | {weights}{shared}")
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def run_merge(video: str, config: str, ckpt: str | None = None, frames: int | None = None) -> MergeMap:
+    """Everything ``aurora viz merge`` computes, without drawing."""
+    recipe = load_recipe(config)
+    data = _section(recipe, "data")
+    num = frames if frames is not None else int(data.get("num_frames") or 4)
+    if num < 1:
+        raise VizError(f"--frames must be >= 1, got {num}")
+    raw, idx, total = decode_frames(video, num)  # a bad video fails before the encoder is built
+    vision = build_vision(recipe, ckpt)
+    image_size = int(data.get("image_size") or vision.config.image_size)
+    mean = tuple(data.get("mean") or DEFAULT_MEAN)
+    std = tuple(data.get("std") or DEFAULT_STD)
+    pixels = to_pixels(raw, image_size, mean, std)  # the datamodule's preprocessing (data/shards.py)
+    mm = merge_map(vision, pixels, mean, std, spec=_section(recipe, "model").get("merge"))
+    mm.frame_indices, mm.total_frames = idx, total
+    return mm
+
+
+def viz_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aurora viz", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    mp = sub.add_parser("merge", help="draw which patches every merged token holds, and the reading order")
+    mp.add_argument("--video", required=True, help="a video file (.mp4 or anything PyAV reads)")
+    mp.add_argument("--config", required=True, help="recipe: a YAML path or a packaged name (demo)")
+    mp.add_argument("--ckpt", default=None, help="Lightning checkpoint for the vision weights (default: random)")
+    mp.add_argument("--frames", type=int, default=None, help="frames sampled uniformly (default: data.num_frames)")
+    mp.add_argument("--out", default="merge.png", help="output PNG (default: merge.png)")
+    args = parser.parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    try:
+        mm = run_merge(args.video, args.config, args.ckpt, args.frames)
+    except (VizError, VideoDecodeError, FileNotFoundError) as e:
+        print(f"aurora viz: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError, TypeError) as e:  # registry names, part arguments the recipe got wrong
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"aurora viz: error: bad recipe {args.config}: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 2
+    weights = f"weights: {args.ckpt}" if args.ckpt else "random weights (no --ckpt)"
+    try:
+        path = draw(mm, args.out, title_for(mm, args.video, weights))
+    except ImportError:
+        print("aurora viz: error: drawing needs matplotlib (pip install 'aurora-long[dev]')", file=sys.stderr)
+        return 2
+    print(describe(mm))
+    if not args.ckpt:
+        print("note: random vision weights (no --ckpt): the merges are those of an untrained encoder")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(viz_main(sys.argv[1:]))
