@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.components.rnn.gla import FlaCausalLM, GatedRMSNorm, RMSNorm, _exact, default_d_ffn
+from aurora.components.rnn.mamba import causal_depthwise_conv
 from aurora.kernels.gated_delta import BACKENDS, gated_delta
 from aurora.registry import RNN
 
@@ -45,7 +46,8 @@ GATE_ACTIVATIONS = ("swish", "silu", "sigmoid")
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     """fla's L2 norm over the last dim, ``x / sqrt(sum x² + eps)``, in float32 at least, returned in x's dtype."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
-    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # one pass (pow + sum would take two)
+    return (xf * torch.rsqrt(norm * norm + eps)).to(x.dtype)
 
 
 class OutputGateNorm(GatedRMSNorm):
@@ -104,24 +106,29 @@ class GatedDeltaNetMixer(nn.Module):
         if state is not None and len(state) != (2 if self.use_short_conv else 1):
             raise ValueError(f"a layer state must be {'(conv, S)' if self.use_short_conv else '(S,)'}; "
                              f"got {len(state)} tensors")
-        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1)  # (B, T, 2 key_dim + value_dim)
+        dims = (self.key_dim, self.key_dim, self.value_dim)
+        projs = (self.q_proj, self.k_proj, self.v_proj)
         conv_state = None
         if self.use_short_conv:
             c, w = self.conv_channels, self.conv_size
             if state is None:
-                prev = qkv.new_zeros(b, c, w)
+                prev = x.new_zeros(b, c, w)
             else:
                 prev = state[0]
                 if prev.shape != (b, c, w):
                     raise ValueError(f"conv state must be (B, 2 key_dim + value_dim, conv_size) = ({b}, {c}, {w}); "
                                      f"got {tuple(prev.shape)}")
-                prev = prev.to(qkv.dtype)
-            # Causal depthwise conv of q | k | v at once: the last conv_size - 1 inputs of earlier pieces stand first.
-            xs = torch.cat([prev, qkv.transpose(1, 2)], -1)  # (B, C, conv_size + T)
-            conv_state = xs[:, :, -w:]
-            weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], 0)
-            qkv = F.conv1d(xs[:, :, 1:], weight.to(xs.dtype), groups=c).transpose(1, 2)
-        q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], -1)
+            convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+            outs, news = [], []
+            for proj, conv, part in zip(projs, convs, prev.split(dims, 1)):
+                xp = proj(x)  # (B, T, C_part)
+                part = part.to(xp.dtype).transpose(1, 2)  # (B, conv_size, C_part): the newest inputs last
+                outs.append(F.silu(causal_depthwise_conv(xp, part, conv.weight)))
+                news.append(torch.cat([part, xp[:, -w:]], 1)[:, -w:])
+            conv_state = torch.cat(news, 2).transpose(1, 2).contiguous()  # (B, C, conv_size), a small copy
+            q, k, v = outs
+        else:
+            q, k, v = (F.silu(proj(x)) for proj in projs)
         q, k = l2_normalize(q.reshape(b, t, h, dk)), l2_normalize(k.reshape(b, t, h, dk))
         v = v.reshape(b, t, hv, dv)
 
@@ -166,7 +173,7 @@ class GatedDeltaNet(FlaCausalLM):
         norm_eps: float = 1e-6,
         tie_word_embeddings: bool = False,
         initializer_range: float = 0.02,
-        chunk_size: int = 16,
+        chunk_size: int = 64,
         backend: str = "auto",
         grad_checkpoint: bool = False,
     ) -> None:
