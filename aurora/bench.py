@@ -500,8 +500,14 @@ def _lengths(text: str) -> list[int]:
 
 
 def bench_main(argv: list[str]) -> int:
+    if argv and argv[0] == "vision":
+        from aurora.bench_vision import bench_vision_main
+
+        return bench_vision_main(argv[1:])
     parser = argparse.ArgumentParser(prog="aurora bench", description="Benchmarks.")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("vision", help="ViT frames/s and visual tokens per frame vs the merge's keep ratio "
+                   "(aurora bench vision --help)")
     p = sub.add_parser("rnn", help="tokens/s, step latency and peak memory of the language backbones",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", type=lambda s: [x for x in s.split(",") if x], default=None,

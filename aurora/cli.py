@@ -3,6 +3,7 @@
     aurora fit|validate|test|predict --config recipes/demo.yaml [--print_config] [--model.merge.order ...]
     aurora data synthetic --out DIR [--train N --val N --test N --frames F --size S --seed K]
     aurora demo [--config recipes/demo.yaml] [--out runs/demo]
+    aurora bench vision [--merges none,tome:0.5,tome:0.1] [--json P --plot P.png]
     aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
     aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
     aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt PATH] [--frames N] [--out merge.png]
