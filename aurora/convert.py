@@ -7,7 +7,8 @@ constructor arguments.
 The backbone's own loader reads the source (``from_checkpoint`` where the backbone has one, else
 ``from_official`` on the state dict read from the file), so every format a backbone reads converts:
 
-    rwkv6           official  BlinkDL's .pth (or .safetensors with the official names)
+    rwkv6           official  BlinkDL's .pth (or .safetensors with the official names);  hf: an fla-hub directory
+                              (config.json + weights) or weights file
     rwkv7           official  BlinkDL's .pth;  hf: an fla-hub directory (config.json + weights) or weights file
     mamba, mamba2   hf        a transformers save_pretrained directory;  state-spaces: config.json with d_model /
                               ssm_cfg + pytorch_model.bin;  or one weights file in either layout
@@ -39,7 +40,7 @@ from typing import Any
 
 # which source formats each backbone's loader reads (a backbone not listed: whatever its loader reads, auto only)
 FORMATS: dict[str, tuple[str, ...]] = {
-    "rwkv6": ("official",),
+    "rwkv6": ("official", "hf"),
     "rwkv7": ("official", "hf"),
     "mamba": ("hf", "state-spaces"),
     "mamba2": ("hf", "state-spaces"),
@@ -275,7 +276,7 @@ def _a(word: str) -> str:
 def _our_names(backbone: str, cls: type, sd: dict[str, Any]) -> dict[str, Any]:
     """A source state dict under our parameter names, by the backbone module's own renaming (if it has one)."""
     mod = sys.modules[cls.__module__]
-    if backbone == "rwkv7" and getattr(mod, "_is_fla", lambda _: False)(sd):
+    if backbone in ("rwkv6", "rwkv7") and getattr(mod, "_is_fla", lambda _: False)(sd):
         return mod.fla_to_official(sd)[0]
     for fn in ("normalize_state_dict", "to_our_keys"):
         if callable(getattr(mod, fn, None)):

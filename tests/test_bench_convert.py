@@ -172,9 +172,9 @@ def test_wrong_architecture_and_wrong_format_are_named(tmp_path, capsys):
     assert convert_main(["--backbone", "mamba", "--src", str(tmp_path / "hf"), "--out", str(out),
                          "--format", "state-spaces"]) == 2
     assert "--format state-spaces given, but" in capsys.readouterr().err and not out.exists()
-    assert convert_main(["--backbone", "rwkv6", "--src", str(tmp_path / "hf"), "--out", str(out),
-                         "--format", "hf"]) == 2
-    assert "rwkv6 reads official checkpoints, not 'hf'" in capsys.readouterr().err
+    assert convert_main(["--backbone", "gla", "--src", str(tmp_path / "hf"), "--out", str(out),
+                         "--format", "official"]) == 2
+    assert "gla reads hf checkpoints, not 'official'" in capsys.readouterr().err
     assert convert_main(["--backbone", "mamba", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
 

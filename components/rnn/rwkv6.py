@@ -1,14 +1,25 @@
 """RWKV-6 "Finch" (Peng et al., 2024): the paper's language model.
 
 Parameter names and shapes follow BlinkDL's official checkpoints (``emb``, ``blocks.{i}.att.time_maa_x``, ...,
-``ln_out``, ``head``), so an official ``.pth`` state dict loads with ``load_state_dict``. The time-mix
-recurrence runs through :func:`aurora.kernels.rwkv6.wkv6` (chunked on CPU, fla's kernels on CUDA).
+``ln_out``, ``head``), so an official ``.pth`` state dict loads with ``load_state_dict``; fla-hub's Hugging Face
+layout (fla's ``RWKV6ForCausalLM``: ``model.layers.{i}.attn.x_proj``, ``w_proj.linear.lora``, ``bonus``, ...) is
+mapped exactly on load (:meth:`RWKV6.from_checkpoint`) and back (:func:`to_fla_state_dict`,
+:meth:`RWKV6.save_hf_checkpoint`). The time-mix recurrence runs through :func:`aurora.kernels.rwkv6.wkv6`
+(chunked on CPU, fla's kernels on CUDA).
+
+fla's model computes the same function as the official one, with one difference in a constant: its per-head
+group norm (``g_norm``, officially ``ln_x`` with eps 64e-5 = 1e-5 * head_size_divisor**2) takes the config's
+``norm_eps`` (1e-5 in fla-hub's configs), the same eps as its layer norms. An fla-hub checkpoint therefore loads
+with ``ln_x_eps = norm_eps`` (pass ``ln_x_eps=64e-5`` to get the official constant instead).
 
 State per layer: ``(att_shift (B, C), wkv (B, H, N, N), ffn_shift (B, C))`` — the last normalised input of the
 time mix and of the channel mix (token shift) and the WKV matrix state.
 """
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from aurora.components.rnn.rwkv7 import _read_hf_weights, _read_weights
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
@@ -30,7 +42,8 @@ def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
 
 
 class TimeMix(nn.Module):
-    def __init__(self, d_model: int, n_head: int, layer_id: int, n_layer: int, mix_lora: int, decay_lora: int):
+    def __init__(self, d_model: int, n_head: int, layer_id: int, n_layer: int, mix_lora: int, decay_lora: int,
+                 ln_x_eps: float = 64e-5):
         super().__init__()
         c, h = d_model, n_head
         self.n_head, self.head_size = h, c // h
@@ -51,7 +64,7 @@ class TimeMix(nn.Module):
         self.value = nn.Linear(c, c, bias=False)
         self.gate = nn.Linear(c, c, bias=False)
         self.output = nn.Linear(c, c, bias=False)
-        self.ln_x = nn.GroupNorm(h, c, eps=64e-5)
+        self.ln_x = nn.GroupNorm(h, c, eps=ln_x_eps)
         self._init(layer_id, n_layer)
 
     @torch.no_grad()
@@ -126,13 +139,14 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model, n_head, d_ffn, layer_id, n_layer, mix_lora, decay_lora):
+    def __init__(self, d_model, n_head, d_ffn, layer_id, n_layer, mix_lora, decay_lora, norm_eps=1e-5,
+                 ln_x_eps=64e-5):
         super().__init__()
         if layer_id == 0:
-            self.ln0 = nn.LayerNorm(d_model)
-        self.ln1 = nn.LayerNorm(d_model)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.att = TimeMix(d_model, n_head, layer_id, n_layer, mix_lora, decay_lora)
+            self.ln0 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.ln1 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.ln2 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.att = TimeMix(d_model, n_head, layer_id, n_layer, mix_lora, decay_lora, ln_x_eps)
         self.ffn = ChannelMix(d_model, d_ffn, layer_id, n_layer)
 
     def forward(self, x: Tensor, state: LayerState | None, backend: str, chunk_size: int):
@@ -150,8 +164,9 @@ class RWKV6(RecurrentLM):
     """RWKV-6 language model.
 
     ``d_ffn`` defaults to the official int(3.5 * d_model) rounded down to 32; ``mix_lora`` / ``decay_lora`` (the
-    token-shift and decay LoRA ranks) to the official 32 / 64, doubled from d_model 4096 on. ``backend`` picks
-    the WKV kernel (see :func:`aurora.kernels.rwkv6.wkv6`).
+    token-shift and decay LoRA ranks) to the official 32 / 64, doubled from d_model 4096 on. ``norm_eps`` is the
+    layer norms' epsilon, ``ln_x_eps`` the per-head group norm's (officially 64e-5; fla-hub checkpoints use
+    their ``norm_eps``). ``backend`` picks the WKV kernel (see :func:`aurora.kernels.rwkv6.wkv6`).
     """
 
     def __init__(
@@ -163,6 +178,8 @@ class RWKV6(RecurrentLM):
         d_ffn: int | None = None,
         mix_lora: int | None = None,
         decay_lora: int | None = None,
+        norm_eps: float = 1e-5,
+        ln_x_eps: float = 64e-5,
         chunk_size: int = 16,
         backend: str = "auto",
         grad_checkpoint: bool = False,
@@ -174,15 +191,17 @@ class RWKV6(RecurrentLM):
             raise ValueError(f"unknown wkv6 backend {backend!r}; known backends: {', '.join(BACKENDS)}")
         self.vocab_size, self.d_model, self.n_layer = vocab_size, d_model, n_layer
         self.n_head = d_model // head_size
+        self.norm_eps, self.ln_x_eps = norm_eps, ln_x_eps
         self.chunk_size, self.backend, self.grad_checkpoint = chunk_size, backend, grad_checkpoint
         d_ffn = d_ffn or int(d_model * 3.5) // 32 * 32
         mix_lora = mix_lora or (32 if d_model < 4096 else 64)
         decay_lora = decay_lora or (64 if d_model < 4096 else 128)
         self.emb = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
-            Block(d_model, self.n_head, d_ffn, i, n_layer, mix_lora, decay_lora) for i in range(n_layer)
+            Block(d_model, self.n_head, d_ffn, i, n_layer, mix_lora, decay_lora, norm_eps, ln_x_eps)
+            for i in range(n_layer)
         )
-        self.ln_out = nn.LayerNorm(d_model)
+        self.ln_out = nn.LayerNorm(d_model, eps=norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         with torch.no_grad():
             nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
@@ -246,6 +265,63 @@ class RWKV6(RecurrentLM):
         load_official_state_dict(model, state_dict)
         return model
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "RWKV6":
+        """Load a local checkpoint: BlinkDL's official ``.pth`` (also ``.pt`` / ``.bin`` / ``.safetensors`` with
+        the official names), or fla-hub's Hugging Face format (fla's ``RWKV6ForCausalLM``), as a directory with
+        ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin`` (sharded via their index files too) or
+        such a weights file alone (beside its ``config.json``, else fla's defaults). ``kwargs`` go to the
+        constructor (chunk_size, backend, grad_checkpoint, ...) and override what the config implies."""
+        path = Path(path)
+        config: dict[str, Any] = {}
+        if path.is_dir():
+            if (path / "config.json").is_file():
+                config = json.loads((path / "config.json").read_text())
+            state_dict = _read_hf_weights(path)
+        elif path.is_file():
+            state_dict = _read_weights(path)
+            if (path.parent / "config.json").is_file() and _is_fla(state_dict):
+                config = json.loads((path.parent / "config.json").read_text())
+        else:
+            raise FileNotFoundError(f"no RWKV-6 checkpoint at {path}")
+        fla = _is_fla(state_dict)
+        if fla:
+            state_dict, fla_kwargs = fla_to_official(state_dict, config)
+            kwargs = fla_kwargs | kwargs
+        try:
+            return cls.from_official(state_dict, **kwargs)
+        except ValueError as e:
+            notes = []
+            if config.get("model_type") not in (None, "rwkv6"):
+                notes.append(f"its config.json is for model_type {config['model_type']!r}")
+            unmapped = sorted({re.sub(r"\.\d+\.", ".N.", k) for k in state_dict
+                               if k.startswith(("model.", "lm_head."))})
+            if fla and unmapped and "unexpected:" not in str(e):
+                notes.append(f"keys not in fla's RWKV-6 layout: {', '.join(unmapped[:8])}"
+                             f"{' ...' if len(unmapped) > 8 else ''}")
+            if notes:
+                raise ValueError(f"{e} ({'; '.join(notes)})") from None
+            raise
+
+    def save_hf_checkpoint(self, directory: str | Path, exact: bool = True) -> Path:
+        """Write fla-hub's layout: ``config.json`` + ``model.safetensors`` that fla's ``RWKV6ForCausalLM``
+        (``from_pretrained``) and :meth:`from_checkpoint` load.
+
+        fla's config has one ``norm_eps`` for the layer norms and the group norm; a model whose ``ln_x_eps``
+        differs (the official 64e-5) is refused unless ``exact=False``, which writes ``norm_eps`` and so gives
+        the group norm that eps in fla."""
+        from safetensors.torch import save_file
+
+        if exact and self.ln_x_eps != self.norm_eps:
+            raise ValueError(f"fla's RWKV-6 uses norm_eps for its group norm too; this model has ln_x_eps "
+                             f"{self.ln_x_eps} != norm_eps {self.norm_eps} (exact=False writes it anyway)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous() for k, v in to_fla_state_dict(self).items()}
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        (directory / "config.json").write_text(json.dumps(fla_config(self), indent=2) + "\n")
+        return directory
+
     def extra_repr(self) -> str:
         return f"vocab={self.vocab_size}, d_model={self.d_model}, layers={self.n_layer}, heads={self.n_head}"
 
@@ -265,3 +341,176 @@ def load_official_state_dict(model: RWKV6, state_dict: dict[str, Any]) -> None:
         )
         raise ValueError(f"checkpoint does not fit this RWKV-6 ({model.extra_repr()}): {detail}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
+
+
+# ------------------------------------------------------------------------------------ fla-hub (HF) format
+
+# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor)
+_FLA_LAYER = {
+    "pre_norm.weight": ("ln0.weight", "same"), "pre_norm.bias": ("ln0.bias", "same"),
+    "attn_norm.weight": ("ln1.weight", "same"), "attn_norm.bias": ("ln1.bias", "same"),
+    "ffn_norm.weight": ("ln2.weight", "same"), "ffn_norm.bias": ("ln2.bias", "same"),
+    "attn.x_proj.0.mu": ("att.time_maa_x", "row"),
+    "attn.r_proj.linear.weight": ("att.receptance.weight", "same"),
+    "attn.k_proj.linear.weight": ("att.key.weight", "same"),
+    "attn.v_proj.linear.weight": ("att.value.weight", "same"),
+    "attn.g_proj.linear.weight": ("att.gate.weight", "same"),
+    "attn.o_proj.weight": ("att.output.weight", "same"),
+    "attn.w_proj.linear.lora.0.weight": ("att.time_decay_w1", "t"),
+    "attn.w_proj.linear.lora.2.weight": ("att.time_decay_w2", "t"),
+    "attn.w_proj.linear.lora.2.bias": ("att.time_decay", "row"),
+    "attn.bonus": ("att.time_faaaa", "same"),
+    "attn.g_norm.weight": ("att.ln_x.weight", "same"), "attn.g_norm.bias": ("att.ln_x.bias", "same"),
+    "ffn.key.mu": ("ffn.time_maa_k", "row"), "ffn.key.linear.weight": ("ffn.key.weight", "same"),
+    "ffn.receptance.mu": ("ffn.time_maa_r", "row"),
+    "ffn.receptance.linear.weight": ("ffn.receptance.weight", "same"),
+    "ffn.value.weight": ("ffn.value.weight", "same"),
+}
+_FLA_TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_out.weight",
+            "model.norm.bias": "ln_out.bias", "lm_head.weight": "head.weight"}
+_CONVERT = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(1, 1, -1)}
+_BACK = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(-1)}
+_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+# The five data-dependent token-shift mixes. fla stacks them (x_bias rows, the x_proj LoRA blocks) as r, w, k, v, g;
+# the official time_maa_w1 columns / time_maa_w2 blocks are w, k, v, r, g.
+_FLA_MIXES, _OFFICIAL_MIXES = "rwkvg", "wkvrg"
+_FLA_OF_OFFICIAL = [_FLA_MIXES.index(m) for m in _OFFICIAL_MIXES]  # official slot j holds fla block [j]
+_OFFICIAL_OF_FLA = [_OFFICIAL_MIXES.index(m) for m in _FLA_MIXES]
+_STACKED = ("attn.x_bias", "attn.x_proj.0.linear.weight", "attn.x_proj.2.weight")
+
+
+def _is_fla(state_dict: dict[str, Any]) -> bool:
+    return any(k.startswith(("model.layers.", "model.embeddings.")) for k in state_dict)
+
+
+def _stacked_to_official(i: str, name: str, x: Tensor) -> dict[str, Tensor]:
+    """fla's stacked token-shift tensors of layer ``i`` -> the official ones (reordered, transposed)."""
+    key = f"model.layers.{i}.{name}"
+    if name == "attn.x_bias":  # (5, C): the static mixes
+        if x.dim() != 2 or x.shape[0] != 5:
+            raise ValueError(f"{key} has shape {tuple(x.shape)}, expected (5, hidden_size)")
+        return {f"blocks.{i}.att.time_maa_{m}": x[j].reshape(1, 1, -1) for j, m in enumerate(_FLA_MIXES)}
+    if name == "attn.x_proj.0.linear.weight":  # (5R, C), fla's blocks -> time_maa_w1 (C, 5R), official blocks
+        if x.dim() != 2 or x.shape[0] % 5:
+            raise ValueError(f"{key} has shape {tuple(x.shape)}, expected (5 * proj_low_rank_dim, hidden_size)")
+        r, c = x.shape[0] // 5, x.shape[1]
+        w1 = x.reshape(5, r, c)[_FLA_OF_OFFICIAL].reshape(5 * r, c).t().contiguous()
+        return {f"blocks.{i}.att.time_maa_w1": w1}
+    # attn.x_proj.2.weight (C, 5R) -> time_maa_w2 (5, R, C)
+    if x.dim() != 2 or x.shape[1] % 5:
+        raise ValueError(f"{key} has shape {tuple(x.shape)}, expected (hidden_size, 5 * proj_low_rank_dim)")
+    c, r = x.shape[0], x.shape[1] // 5
+    return {f"blocks.{i}.att.time_maa_w2": x.reshape(c, 5, r).permute(1, 2, 0)[_FLA_OF_OFFICIAL].contiguous()}
+
+
+def _check_fla_config(config: dict[str, Any]) -> None:
+    """Refuse the RWKV6Config variants that are not this model, naming the field."""
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(f"config.json {field}={config.get(field)!r}: {why}")
+
+    if config.get("model_type", "rwkv6") != "rwkv6":
+        raise ValueError(f"config.json is for model_type {config.get('model_type')!r}, not 'rwkv6'")
+    if config.get("hidden_act", "sqrelu") != "sqrelu":
+        raise bad("hidden_act", "only the squared-relu channel mix (sqrelu) is RWKV-6")
+    for field in ("expand_k", "expand_v"):  # fla's default expand_k is 0.5: not the RWKV-6 of the paper
+        if float(config.get(field, 1.0)) != 1.0:
+            raise bad(field, "only key / value width = hidden_size (1.0) is supported")
+    if not config.get("norm_first", True):
+        raise bad("norm_first", "without it layer 0 has no pre-norm (official ln0); not supported")
+    if config.get("attn"):
+        raise bad("attn", "hybrid softmax-attention layers are not supported")
+
+
+def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """fla-hub ``RWKV6ForCausalLM`` weights -> official names and shapes, plus constructor kwargs from its config
+    (``norm_eps`` for the layer norms and, as fla does, for the group norm). Unknown keys are kept as they are, so
+    loading then names them as unexpected; config fields that are not this model, or that disagree with the
+    weights, are refused by name."""
+    config = config or {}
+    _check_fla_config(config)
+    out: dict[str, Tensor] = {}
+    for key, x in state_dict.items():
+        m = _LAYER_KEY.fullmatch(key)
+        if key in _FLA_TOP:
+            out[_FLA_TOP[key]] = x
+        elif m and m.group(2) in _STACKED:
+            out.update(_stacked_to_official(m.group(1), m.group(2), x))
+        elif m and m.group(2) in _FLA_LAYER:
+            name, how = _FLA_LAYER[m.group(2)]
+            out[f"blocks.{m.group(1)}.{name}"] = _CONVERT[how](x)
+        else:
+            out[key] = x
+    if "head.weight" not in out and config.get("tie_word_embeddings") and "emb.weight" in out:
+        out["head.weight"] = out["emb.weight"]
+    if not config.get("norm_bias", True):  # fla's layer norms without bias: ours with a zero one
+        for key in [k for k in out if re.fullmatch(r"blocks\.\d+\.ln[012]\.weight|ln_out\.weight", k)]:
+            out.setdefault(key[:-len("weight")] + "bias", torch.zeros_like(out[key]))
+    if config:
+        _check_config_sizes(config, out)
+    norm_eps = float(config.get("norm_eps", 1e-5))
+    return out, {"norm_eps": norm_eps, "ln_x_eps": norm_eps}
+
+
+def _check_config_sizes(config: dict[str, Any], official: dict[str, Tensor]) -> None:
+    """The sizes config.json states must be those of the weights (fla would refuse to load them otherwise)."""
+    try:
+        sizes = RWKV6.config_from_state_dict(official)
+    except ValueError:
+        return  # loading names what is missing
+    hidden_ratio = config.get("hidden_ratio") or 3.5
+    expect = {
+        "hidden_size": sizes["d_model"], "num_hidden_layers": sizes["n_layer"], "vocab_size": sizes["vocab_size"],
+        "num_heads": sizes["d_model"] // sizes["head_size"], "proj_low_rank_dim": sizes["mix_lora"],
+        "gate_low_rank_dim": sizes["decay_lora"],
+        "intermediate_size": sizes["d_ffn"],
+    }
+    stated = dict(config)
+    if stated.get("intermediate_size") is None and "hidden_size" in stated:  # fla: int(C * ratio) rounded up to 32
+        stated["intermediate_size"] = 32 * -(-int(stated["hidden_size"] * hidden_ratio) // 32)
+    wrong = [f"{f}={stated[f]} but the weights have {v}" for f, v in expect.items()
+             if stated.get(f) is not None and stated[f] != v]
+    if wrong:
+        raise ValueError(f"config.json does not match its weights: {'; '.join(wrong)}")
+
+
+def to_fla_state_dict(model: RWKV6) -> dict[str, Tensor]:
+    """The model's weights under fla-hub's ``RWKV6ForCausalLM`` names and shapes (the inverse of the mapping
+    :meth:`RWKV6.from_checkpoint` applies)."""
+    back = {official: (fla, how) for fla, (official, how) in _FLA_LAYER.items()}
+    top = {official: fla for fla, official in _FLA_TOP.items()}
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out: dict[str, Tensor] = {}
+    for key, x in sd.items():
+        if key in top:
+            out[top[key]] = x.clone()
+            continue
+        _, i, rest = key.split(".", 2)
+        if rest in back:
+            fla, how = back[rest]
+            out[f"model.layers.{i}.{fla}"] = _BACK[how](x).clone()
+    for i in range(model.n_layer):
+        att = f"blocks.{i}.att."
+        out[f"model.layers.{i}.attn.x_bias"] = torch.stack([sd[att + f"time_maa_{m}"].reshape(-1) for m in _FLA_MIXES])
+        w1, w2 = sd[att + "time_maa_w1"], sd[att + "time_maa_w2"]  # (C, 5R), (5, R, C)
+        c, r = w1.shape[0], w2.shape[1]
+        out[f"model.layers.{i}.attn.x_proj.0.linear.weight"] = (
+            w1.t().reshape(5, r, c)[_OFFICIAL_OF_FLA].reshape(5 * r, c).contiguous())
+        out[f"model.layers.{i}.attn.x_proj.2.weight"] = (
+            w2[_OFFICIAL_OF_FLA].permute(2, 0, 1).reshape(c, 5 * r).contiguous())
+    return out
+
+
+def fla_config(model: RWKV6) -> dict[str, Any]:
+    """An fla ``RWKV6Config`` (``config.json``) describing the model."""
+    att = model.blocks[0].att
+    return dict(
+        architectures=["RWKV6ForCausalLM"], model_type="rwkv6", attn_mode="chunk",
+        vocab_size=model.vocab_size, hidden_size=model.d_model, num_hidden_layers=model.n_layer,
+        num_heads=model.n_head, expand_k=1.0, expand_v=1.0, hidden_ratio=3.5,
+        intermediate_size=model.blocks[0].ffn.key.weight.shape[0],
+        proj_low_rank_dim=att.time_maa_w2.shape[1], gate_low_rank_dim=att.time_decay_w1.shape[1],
+        hidden_act="sqrelu", norm_first=True, norm_bias=True, norm_eps=model.norm_eps, attn=None,
+        tie_word_embeddings=False, fuse_norm=True, use_cache=True,
+    )
