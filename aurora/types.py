@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -54,6 +55,32 @@ class RecurrentLM(nn.Module):
 
     def forward(self, embeds: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         raise NotImplementedError
+
+    # -- shared by the backbones ---------------------------------------------------------------------------
+    def check_input(self, embeds: Tensor, state: Any) -> None:
+        """``embeds`` must be (B, T, d_model) and a given state must have one entry per layer."""
+        if embeds.dim() != 3 or embeds.shape[-1] != self.d_model:
+            raise ValueError(f"embeds must be (batch, time, {self.d_model}), got {tuple(embeds.shape)}")
+        if state is not None and len(state) != self.n_layer:
+            raise ValueError(f"state has {len(state)} layers, the model {self.n_layer}")
+
+    def pass_through(self, embeds: Tensor, state: Any, norm: nn.Module) -> tuple[Tensor, Any]:
+        """An empty sequence (T == 0) reads nothing: the state comes back unchanged (a fresh one when None)."""
+        return norm(embeds), (state if state is not None else
+                              self.init_state(embeds.shape[0], embeds.device, embeds.dtype))
+
+    def run_blocks(self, blocks, x: Tensor, state: Any, *args: Any) -> tuple[Tensor, list]:
+        """``x`` through ``blocks``, each ``block(x, layer_state, *args) -> (x, new_layer_state)``; with
+        ``grad_checkpoint`` each block is recomputed in the backward pass instead of keeping its activations."""
+        new_state = []
+        for i, block in enumerate(blocks):
+            s = state[i] if state is not None else None
+            if getattr(self, "grad_checkpoint", False) and self.training and torch.is_grad_enabled():
+                x, s = checkpoint(block, x, s, *args, use_reentrant=False)
+            else:
+                x, s = block(x, s, *args)
+            new_state.append(s)
+        return x, new_state
 
 
 # Token ids that never reach an embedding table.

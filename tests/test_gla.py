@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import aurora.components.rnn.gla as gla_module
+import aurora.types as aurora_types
 from aurora.components.rnn.gla import GLA, load_fla_state_dict
 from aurora.kernels.gla import gla, gla_chunked, gla_recurrent
 from aurora.registry import RNN
@@ -178,8 +178,8 @@ def test_gradients_reach_every_parameter_and_the_initial_state():
 
 def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
     calls = []
-    real = gla_module.checkpoint
-    monkeypatch.setattr(gla_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
+    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
     x = torch.randn(2, 19, 64, dtype=torch.float64)
     for m in (plain, ckpt):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import aurora.components.rnn.mamba as mamba_module
+import aurora.types as aurora_types
 from aurora.components.rnn.mamba import Mamba, load_state_dict
 from aurora.kernels.selective_scan import (
     initial_state_response,
@@ -226,8 +226,8 @@ def test_gradients_reach_every_parameter_and_the_initial_state():
 
 def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
     calls = []
-    real = mamba_module.checkpoint
-    monkeypatch.setattr(mamba_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
+    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
     x = torch.randn(2, 19, 64, dtype=torch.float64)
     for m in (plain, ckpt):

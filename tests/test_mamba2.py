@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import aurora.components.rnn.mamba2 as mamba2_module
+import aurora.types as aurora_types
 from aurora.components.rnn.mamba2 import Mamba2, load_state_dict, to_our_keys
 from aurora.kernels.ssd import ssd, ssd_chunked, ssd_recurrent
 from aurora.registry import RNN
@@ -222,8 +222,8 @@ def test_gradients_reach_every_parameter_and_the_initial_state():
 
 def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
     calls = []
-    real = mamba2_module.checkpoint
-    monkeypatch.setattr(mamba2_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
+    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
     x = torch.randn(2, 19, 64, dtype=torch.float64)
     for m in (plain, ckpt):

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-import aurora.components.rnn.rwkv6 as rwkv6_module
+import aurora.types as aurora_types
 from aurora.components.rnn.rwkv6 import RWKV6, load_official_state_dict
 from aurora.kernels.rwkv6 import wkv6, wkv6_chunked, wkv6_recurrent
 from aurora.registry import RNN
@@ -179,8 +179,8 @@ def test_gradients_reach_every_parameter_and_the_initial_state():
 
 def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
     calls = []
-    real = rwkv6_module.checkpoint
-    monkeypatch.setattr(rwkv6_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
+    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
     x = torch.randn(2, 19, 64, dtype=torch.float64)
     for m in (plain, ckpt):

@@ -10,7 +10,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
 
-import aurora.components.rnn.transformer as tf_module
+import aurora.types as aurora_types
 from aurora.components.rnn.transformer import (Transformer, config_from_hf, load_state_dict, rope_inv_freq,
                                                save_hf_checkpoint, to_our_keys)
 from aurora.registry import RNN
@@ -196,8 +196,8 @@ def test_gradients_reach_every_parameter_and_the_cache():
 
 def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
     calls = []
-    real = tf_module.checkpoint
-    monkeypatch.setattr(tf_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
+    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
     x = torch.randn(2, 19, 64, dtype=torch.float64)
     for m in (plain, ckpt):

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from aurora.kernels.selective_scan import BACKENDS, selective_scan
 from aurora.registry import RNN
@@ -218,28 +217,17 @@ class Mamba(RecurrentLM):
         ]
 
     def forward(self, embeds: Tensor, state: list[LayerState] | None = None) -> tuple[Tensor, list[LayerState]]:
-        if embeds.dim() != 3 or embeds.shape[-1] != self.d_model:
-            raise ValueError(f"embeds must be (batch, time, {self.d_model}), got {tuple(embeds.shape)}")
+        self.check_input(embeds, state)
         if state is not None:
-            if len(state) != self.n_layer:
-                raise ValueError(f"state has {len(state)} layers, the model {self.n_layer}")
             b, want = embeds.shape[0], ((self.d_inner, self.d_conv), (self.d_inner, self.d_state))
             for i, layer in enumerate(state):
                 if len(layer) != 2 or any(tuple(s.shape) != (b, *w) for s, w in zip(layer, want)):
                     raise ValueError(f"state of layer {i} must be (conv (B, {self.d_inner}, {self.d_conv}), ssm "
                                      f"(B, {self.d_inner}, {self.d_state})) with B = {b}; got "
                                      f"{[tuple(s.shape) for s in layer]}")
-        if embeds.shape[1] == 0:  # nothing to read: the state passes through unchanged
-            return self.backbone.norm_f(embeds), (state if state is not None else
-                                                  self.init_state(embeds.shape[0], embeds.device, embeds.dtype))
-        x, new_state = embeds, []
-        for i, block in enumerate(self.backbone.layers):
-            s = state[i] if state is not None else None
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, s = checkpoint(block, x, s, self.backend, self.chunk_size, use_reentrant=False)
-            else:
-                x, s = block(x, s, self.backend, self.chunk_size)
-            new_state.append(s)
+        if embeds.shape[1] == 0:
+            return self.pass_through(embeds, state, self.backbone.norm_f)
+        x, new_state = self.run_blocks(self.backbone.layers, embeds, state, self.backend, self.chunk_size)
         return self.backbone.norm_f(x), new_state
 
     def extra_repr(self) -> str:

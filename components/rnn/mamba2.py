@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from aurora.kernels.ssd import BACKENDS, ssd
 from aurora.registry import RNN
@@ -216,21 +215,10 @@ class Mamba2(RecurrentLM):
         ]
 
     def forward(self, embeds: Tensor, state: list[LayerState] | None = None) -> tuple[Tensor, list[LayerState]]:
-        if embeds.dim() != 3 or embeds.shape[-1] != self.d_model:
-            raise ValueError(f"embeds must be (batch, time, {self.d_model}), got {tuple(embeds.shape)}")
-        if state is not None and len(state) != self.n_layer:
-            raise ValueError(f"state has {len(state)} layers, the model {self.n_layer}")
-        if embeds.shape[1] == 0:  # nothing to read: the state passes through unchanged
-            return self.norm_f(embeds), (state if state is not None else
-                                         self.init_state(embeds.shape[0], embeds.device, embeds.dtype))
-        x, new_state = embeds, []
-        for i, layer in enumerate(self.layers):
-            s = state[i] if state is not None else None
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, s = checkpoint(layer, x, s, self.backend, self.chunk_size, use_reentrant=False)
-            else:
-                x, s = layer(x, s, self.backend, self.chunk_size)
-            new_state.append(s)
+        self.check_input(embeds, state)
+        if embeds.shape[1] == 0:
+            return self.pass_through(embeds, state, self.norm_f)
+        x, new_state = self.run_blocks(self.layers, embeds, state, self.backend, self.chunk_size)
         return self.norm_f(x).to(embeds.dtype), new_state
 
     # ------------------------------------------------------------------------------------------- checkpoints

@@ -259,13 +259,9 @@ class RWKV7(RecurrentLM):
         ]
 
     def forward(self, embeds: Tensor, state: list[LayerState] | None = None) -> tuple[Tensor, list[LayerState]]:
-        if embeds.dim() != 3 or embeds.shape[-1] != self.d_model:
-            raise ValueError(f"embeds must be (batch, time, {self.d_model}), got {tuple(embeds.shape)}")
-        if state is not None and len(state) != self.n_layer:
-            raise ValueError(f"state has {len(state)} layers, the model {self.n_layer}")
-        if embeds.shape[1] == 0:  # nothing to read: the state passes through unchanged
-            return self.ln_out(embeds), (state if state is not None else
-                                         self.init_state(embeds.shape[0], embeds.device, embeds.dtype))
+        self.check_input(embeds, state)
+        if embeds.shape[1] == 0:
+            return self.pass_through(embeds, state, self.ln_out)
         x, v_first, new_state = embeds, None, []
         for i, block in enumerate(self.blocks):
             s = state[i] if state is not None else None

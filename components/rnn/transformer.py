@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
@@ -296,19 +295,11 @@ class Transformer(RecurrentLM):
         if state is not None:
             self._check_state(state, b)
         if t == 0:  # nothing to read: the cache passes through unchanged
-            return self.norm(embeds), (state if state is not None else
-                                       self.init_state(b, embeds.device, embeds.dtype))
+            return self.pass_through(embeds, state, self.norm)
         start = self.cache_length(state)
         cos, sin = rope_cos_sin(self._inv_freq, start, t, embeds.dtype, embeds.device)
         backend = "sdpa" if self.backend == "auto" else self.backend
-        x, new_state = embeds, []
-        for i, block in enumerate(self.layers):
-            past = state[i] if state is not None and start > 0 else None
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, cache = checkpoint(block, x, past, cos, sin, backend, use_reentrant=False)
-            else:
-                x, cache = block(x, past, cos, sin, backend)
-            new_state.append(cache)
+        x, new_state = self.run_blocks(self.layers, embeds, state if start > 0 else None, cos, sin, backend)
         return self.norm(x), new_state
 
     # ------------------------------------------------------------------------------------------ checkpoints
