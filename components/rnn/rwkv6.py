@@ -26,12 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aurora.components.rnn.rwkv7 import _read_hf_weights, _read_weights
+from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, _read_hf_weights, _read_weights
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
-from aurora.types import RecurrentLM
 
-LayerState = tuple[Tensor, Tensor, Tensor]
 
 
 def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
@@ -159,7 +157,7 @@ class Block(nn.Module):
 
 
 @RNN.register("rwkv6")
-class RWKV6(RecurrentLM):
+class RWKV6(RWKVLanguageModel):
     """RWKV-6 language model.
 
     ``d_ffn`` defaults to the official int(3.5 * d_model) rounded down to 32; ``mix_lora`` / ``decay_lora`` (the
@@ -202,26 +200,7 @@ class RWKV6(RecurrentLM):
         )
         self.ln_out = nn.LayerNorm(d_model, eps=norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
-        with torch.no_grad():
-            nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
-            gain = 0.5 * (vocab_size / d_model) ** 0.5 if vocab_size > d_model else 0.5
-            nn.init.orthogonal_(self.head.weight, gain=gain)
-
-    def embed(self, ids: Tensor) -> Tensor:
-        return self.emb(ids)
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden)
-
-    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> list[LayerState]:
-        c, h, n = self.d_model, self.n_head, self.d_model // self.n_head
-        wkv_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        return [
-            (torch.zeros(batch_size, c, device=device, dtype=dtype),
-             torch.zeros(batch_size, h, n, n, device=device, dtype=wkv_dtype),
-             torch.zeros(batch_size, c, device=device, dtype=dtype))
-            for _ in range(self.n_layer)
-        ]
+        self.init_embedding_and_head()
 
     def forward(self, embeds: Tensor, state: list[LayerState] | None = None) -> tuple[Tensor, list[LayerState]]:
         self.check_input(embeds, state)

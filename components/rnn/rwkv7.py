@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, _read_hf_weights, _read_weights
 from aurora.kernels.rwkv7 import BACKENDS, wkv7
 from aurora.registry import RNN
-from aurora.types import RecurrentLM
 
-LayerState = tuple[Tensor, Tensor, Tensor]
 
 LOG_DECAY_BOUND = -math.exp(-0.5)  # every RWKV-7 log decay lies in (LOG_DECAY_BOUND, 0)
 UNUSED_LAYER0 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
@@ -191,7 +190,7 @@ class Block(nn.Module):
 
 
 @RNN.register("rwkv7")
-class RWKV7(RecurrentLM):
+class RWKV7(RWKVLanguageModel):
     """RWKV-7 language model.
 
     ``d_ffn`` defaults to the official 4 * d_model; the LoRA ranks (decay, in-context learning rate, value
@@ -237,26 +236,7 @@ class RWKV7(RecurrentLM):
         )
         self.ln_out = nn.LayerNorm(d_model, eps=norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
-        with torch.no_grad():
-            nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
-            gain = 0.5 * (vocab_size / d_model) ** 0.5 if vocab_size > d_model else 0.5
-            nn.init.orthogonal_(self.head.weight, gain=gain)
-
-    def embed(self, ids: Tensor) -> Tensor:
-        return self.emb(ids)
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden)
-
-    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> list[LayerState]:
-        c, h, n = self.d_model, self.n_head, self.d_model // self.n_head
-        wkv_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        return [
-            (torch.zeros(batch_size, c, device=device, dtype=dtype),
-             torch.zeros(batch_size, h, n, n, device=device, dtype=wkv_dtype),
-             torch.zeros(batch_size, c, device=device, dtype=dtype))
-            for _ in range(self.n_layer)
-        ]
+        self.init_embedding_and_head()
 
     def forward(self, embeds: Tensor, state: list[LayerState] | None = None) -> tuple[Tensor, list[LayerState]]:
         self.check_input(embeds, state)
@@ -442,28 +422,3 @@ def to_fla_state_dict(model: RWKV7) -> dict[str, Tensor]:
         fla, how = back[rest]
         out[f"model.layers.{i}.{fla}"] = _BACK[how](x).clone()
     return out
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return sd.get("state_dict", sd) if isinstance(sd.get("state_dict"), dict) else sd
-
-
-def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (directory / single).is_file():
-            return _read_weights(directory / single)
-        if (directory / index).is_file():
-            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            sd: dict[str, Tensor] = {}
-            for shard in shards:
-                sd.update(_read_weights(directory / shard))
-            return sd
-    raise FileNotFoundError(f"{directory} has no model.safetensors / pytorch_model.bin (or their index files)")
