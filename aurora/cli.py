@@ -2,6 +2,7 @@
 
     aurora fit|validate|test|predict --config recipes/demo.yaml [--print_config] [--model.merge.order ...]
     aurora data synthetic --out DIR [--train N --val N --test N --frames F --size S --seed K]
+    aurora data convert --annotations A.json --videos DIR --out DIR [--split train] [--shard-size 1GB] [--workers N]
     aurora demo [--config recipes/demo.yaml] [--out runs/demo]
     aurora bench vision [--merges none,tome:0.5,tome:0.1] [--json P --plot P.png]
     aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
@@ -63,8 +64,13 @@ class AuroraCLI(LightningCLI):
 
 
 def data_main(argv: list[str]) -> int:
+    if argv and argv[0] == "convert":
+        from aurora.data.convert import convert_main
+
+        return convert_main(argv[1:])
     parser = argparse.ArgumentParser(prog="aurora data", description="Dataset tools.")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("convert", help="LLaVA-style annotations + a video folder -> WebDataset shards (see docs/data.md)")
     syn = sub.add_parser("synthetic", help="write the synthetic moving-shapes video QA dataset as WebDataset shards")
     syn.add_argument("--out", required=True, help="output directory")
     syn.add_argument("--train", type=int, default=3000)

@@ -2,10 +2,16 @@
 
 Broken samples never stop training: a corrupt or truncated video, a missing field or unreadable JSON is
 skipped, counted by reason in ``dataset.skipped`` and logged with the sample's key.
+
+At scale: shards come from local paths, HTTP(S) URLs or ``pipe:`` commands; they are split by rank, then by
+DataLoader worker (the same rule as webdataset's ``split_by_node`` / ``split_by_worker``), so no sample is
+read by two ranks in one epoch. Every random choice (shard order, shuffle buffer, resampling) is seeded by
+(seed, epoch, rank, worker), so a pass is reproducible and a resumed run can skip exactly what it consumed.
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import os
@@ -25,6 +31,7 @@ from aurora.types import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 FRAME_ORDERS = ("original", "shuffled", "reversed")
+OVERLONG = ("truncate", "skip")
 
 
 def expand_shards(spec: str | Sequence[str]) -> list[str]:
@@ -67,6 +74,25 @@ class VideoQADataset(IterableDataset):
 
     ``frame_order``: ``original``, or ``shuffled`` (a fixed random permutation per sample) / ``reversed``,
     which destroy the motion in the video: the ablation that shows the model uses time.
+
+    Streaming at scale:
+        shuffle_shards: shuffle the shard order every epoch (the same order on every rank, before the split).
+        shuffle_buffer: sample shuffle buffer size per worker (0 or 1: none).
+        resampled: draw shards with replacement, endlessly (each worker from all shards, its own seed); pair it
+            with ``epoch_samples`` for equal, finite epochs on every rank.
+        epoch_samples: samples per rank per epoch (split over the DataLoader workers); a finite stream is
+            repeated to reach it. Equal counts on every rank keep DDP ranks in step.
+        rank, world_size: this process's place among the ranks; None reads them from ``RANK`` / ``WORLD_SIZE``
+            or torch.distributed (webdataset's ``pytorch_worker_info``).
+
+    Length: ``max_tokens`` caps the sequence the language model sees: the text tokens plus ``num_frames *
+    tokens_per_frame`` visual tokens (the video placeholder stands for them). An over-long sample is
+    ``truncated`` (the answer's tail is cut; counted in ``dataset.truncated``) or ``skip``-ped (counted in
+    ``dataset.skipped``); one whose prompt alone exceeds the budget is always skipped.
+
+    Position: ``epoch`` seeds the pass; ``start`` maps a worker id to (raw samples read, samples yielded) to
+    skip on resume. With ``track_position`` every sample carries ``_pos`` = (worker, raw samples read,
+    samples yielded) so the consumer can record how far each worker got.
     """
 
     def __init__(
@@ -81,15 +107,38 @@ class VideoQADataset(IterableDataset):
         frame_order: str = "original",
         shuffle_buffer: int = 0,
         seed: int = 0,
+        shuffle_shards: bool = False,
+        resampled: bool = False,
+        epoch_samples: int | None = None,
+        max_tokens: int | None = None,
+        tokens_per_frame: int = 0,
+        overlong: str = "truncate",
+        rank: int | None = None,
+        world_size: int | None = None,
+        track_position: bool = False,
     ) -> None:
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"unknown frame_order {frame_order!r}; known: {', '.join(FRAME_ORDERS)}")
+        if overlong not in OVERLONG:
+            raise ValueError(f"unknown overlong {overlong!r}; known: {', '.join(OVERLONG)}")
+        if epoch_samples is not None and epoch_samples < 1:
+            raise ValueError(f"epoch_samples must be a positive number of samples per rank, got {epoch_samples}")
+        if max_tokens is not None and max_tokens < 2:
+            raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        if (rank is None) != (world_size is None) or (rank is not None and not 0 <= rank < world_size):
+            raise ValueError(f"give rank and world_size together with 0 <= rank < world_size, got {rank}, {world_size}")
         self.urls = expand_shards(shards)
         self.num_frames, self.image_size, self.mean, self.std = num_frames, image_size, tuple(mean), tuple(std)
         self.tokenizer = tokenizer or Tokenizer()
         self.template = template or PromptTemplate()
         self.frame_order, self.shuffle_buffer, self.seed = frame_order, shuffle_buffer, seed
+        self.shuffle_shards, self.resampled, self.epoch_samples = shuffle_shards, resampled, epoch_samples
+        self.max_tokens, self.tokens_per_frame, self.overlong = max_tokens, tokens_per_frame, overlong
+        self.rank, self.world_size, self.track_position = rank, world_size, track_position
+        self.epoch = 0
+        self.start: dict[int, tuple[int, int]] = {}
         self.skipped: Counter = Counter()
+        self.truncated: Counter = Counter()
 
     def _skip(self, reason: str, key: str, detail: str) -> None:
         self.skipped[reason] += 1
@@ -98,6 +147,23 @@ class VideoQADataset(IterableDataset):
     def _on_shard_error(self, exn: Exception) -> bool:
         self._skip("unreadable shard data", getattr(exn, "filename", "?"), f"{type(exn).__name__}: {exn}")
         return True  # keep going with the next sample / shard
+
+    def fit_to_budget(self, key: str, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        """Apply ``max_tokens`` (see the class doc): the ids unchanged, truncated, or SampleError."""
+        visual = self.num_frames * self.tokens_per_frame
+        total = len(input_ids) - 1 + visual  # the placeholder becomes the visual tokens
+        if self.max_tokens is None or total <= self.max_tokens:
+            return input_ids, labels
+        detail = f"{total} tokens ({visual} visual) > max_tokens {self.max_tokens}"
+        if self.overlong == "skip":
+            raise SampleError("over token budget", detail)
+        keep = self.max_tokens - visual + 1
+        prompt = next((i for i, l in enumerate(labels) if l != IGNORE_INDEX), len(labels))
+        if keep <= prompt:
+            raise SampleError("over token budget", f"{detail}; the prompt alone does not fit")
+        self.truncated["over token budget"] += 1
+        log.warning("truncating sample %s: %s; truncated so far: %s", key, detail, dict(self.truncated))
+        return input_ids[:keep], labels[:keep]
 
     def decode(self, raw: dict[str, Any]) -> dict[str, Any]:
         key = raw.get("__key__", "?")
@@ -109,6 +175,8 @@ class VideoQADataset(IterableDataset):
             question, answer = question_and_answer(meta["conversations"])
         except (ValueError, KeyError, TypeError) as e:
             raise SampleError("bad annotation", f"{type(e).__name__}: {e}") from e
+        input_ids, labels = self.template.build(self.tokenizer, question, answer)
+        input_ids, labels = self.fit_to_budget(key, input_ids, labels)  # before decoding: a skip costs nothing
         try:
             frames = decode_video(raw["mp4"], self.num_frames)
         except VideoDecodeError as e:
@@ -118,34 +186,102 @@ class VideoQADataset(IterableDataset):
         elif self.frame_order == "shuffled":
             g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{key}".encode()))
             frames = frames[torch.randperm(len(frames), generator=g)]
-        input_ids, labels = self.template.build(self.tokenizer, question, answer)
+        sample_id = meta.get("id")
         return {
             "pixels": to_pixels(frames, self.image_size, self.mean, self.std),
             "input_ids": torch.tensor(input_ids),
             "labels": torch.tensor(labels),
-            "id": key,
+            "id": sample_id if isinstance(sample_id, str) else key,  # converted shards keep the original id
             "question": question,
             "answer": answer,
             "category": meta.get("category", "all"),
             "options": meta.get("options"),
         }
 
-    def raw_samples(self) -> Iterator[dict[str, Any]]:
-        ds = wds.WebDataset(
-            self.urls, shardshuffle=False, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
-            handler=self._on_shard_error, empty_check=False,
-        )
+    # -- which samples this worker reads -------------------------------------------------------------------
+    def worker_info(self) -> tuple[int, int, int, int]:
+        """(rank, world_size, worker, num_workers): explicit rank / world_size win over the environment."""
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        if self.rank is not None:
+            rank, world = self.rank, self.world_size
+        return rank, world, worker, workers
+
+    def worker_shards(self, rank: int, world: int, worker: int, workers: int, repeat: int = 0) -> list[str]:
+        """This worker's shards for one pass: the shard list (shuffled by (seed, epoch, repeat), the same on every
+        rank) split by rank, then by worker, like ``wds.split_by_node`` and ``wds.split_by_worker``."""
+        urls = list(self.urls)
+        if self.shuffle_shards:
+            random.Random(wds.utils.make_seed(self.seed, self.epoch, repeat)).shuffle(urls)
+        return urls[rank::world][worker::workers]
+
+    def _shard_urls(self, rank: int, world: int, worker: int, workers: int) -> Iterator[tuple[str, int]]:
+        """(url, pool size) in reading order: resampled draws endlessly from all shards; otherwise one pass over
+        this worker's shards, repeated (with a new shard order) while ``epoch_samples`` asks for more."""
+        if self.resampled:
+            rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker))
+            while True:
+                yield rng.choice(self.urls), len(self.urls)
+        for repeat in itertools.count():
+            mine = self.worker_shards(rank, world, worker, workers, repeat)
+            if not mine:
+                log.warning("rank %d worker %d of %d has no shard: %d shards for %d ranks x %d workers; write "
+                            "more, smaller shards (aurora data convert --shard-size) or use resampled: true",
+                            rank, worker, workers, len(self.urls), world, workers)
+                return
+            yield from ((u, len(mine)) for u in mine)
+            if self.epoch_samples is None:
+                return
+
+    def raw_samples(self, rank: int | None = None, world: int | None = None, worker: int | None = None,
+                    workers: int | None = None) -> Iterator[dict[str, Any]]:
+        """Undecoded samples (``__key__``, ``mp4``, ``json``) of one worker's pass, in its (shuffled) order."""
+        info = self.worker_info()
+        rank, world, worker, workers = (info[i] if v is None else v for i, v in enumerate((rank, world, worker, workers)))
+
+        def read() -> Iterator[dict[str, Any]]:
+            empty_run = 0
+            for url, pool in self._shard_urls(rank, world, worker, workers):
+                count = 0
+                for sample in wds.tarfile_to_samples(handler=self._on_shard_error)([{"url": url}]):
+                    count += 1
+                    yield sample
+                empty_run = 0 if count else empty_run + 1
+                if empty_run >= pool * (20 if self.resampled else 1):  # a repeating stream with nothing readable
+                    log.warning("stopping rank %d worker %d: its shards gave no readable sample", rank, worker)
+                    return
+
+        stream: Iterator[dict[str, Any]] = read()
         if self.shuffle_buffer > 1:
-            # a fresh seed per pass drawn from torch's RNG: reproducible under seed_everything, new every epoch
-            ds = ds.shuffle(self.shuffle_buffer, rng=random.Random(int(torch.randint(0, 2**31 - 1, (1,)))))
-        return iter(ds)
+            rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker, 1))
+            stream = iter(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream))
+        return stream
+
+    def worker_quota(self, worker: int, workers: int) -> int | None:
+        """This worker's share of ``epoch_samples`` (None: the whole pass)."""
+        if self.epoch_samples is None:
+            return None
+        return self.epoch_samples // workers + (1 if worker < self.epoch_samples % workers else 0)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for raw in self.raw_samples():
+        rank, world, worker, workers = self.worker_info()
+        quota = self.worker_quota(worker, workers)
+        read_before, done = self.start.get(worker, (0, 0))
+        if quota is not None and done >= quota:
+            return
+        for index, raw in enumerate(self.raw_samples(rank, world, worker, workers)):
+            if index < read_before:  # consumed before the resume: read past it without decoding
+                continue
             try:
-                yield self.decode(raw)
+                sample = self.decode(raw)
             except SampleError as e:
                 self._skip(e.reason, raw.get("__key__", "?"), str(e))
+                continue
+            done += 1
+            if self.track_position:
+                sample["_pos"] = (worker, index + 1, done)
+            yield sample
+            if quota is not None and done >= quota:
+                return
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
@@ -164,4 +300,6 @@ def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
     out = {"pixels": torch.stack([s["pixels"] for s in batch]), "input_ids": ids, "labels": labels}
     for key in ("id", "question", "answer", "category", "options"):
         out[key] = [s.get(key) for s in batch]
+    if "_pos" in batch[0]:  # the data position, read (and removed) by AuroraDataModule.on_before_batch_transfer
+        out["_pos"] = [s["_pos"] for s in batch]
     return out
