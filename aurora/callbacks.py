@@ -1,4 +1,4 @@
-"""Callbacks used by the recipes."""
+"""Callbacks and plugins used by the recipes."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,47 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically: to a temporary file in the checkpoint's own folder, flushed to disk
+    (fsync), then renamed over the target. A process killed mid-write leaves the previous file intact.
+
+    Lightning's own writer goes through an fsspec transaction whose temporary file lives in the system temp
+    folder and is *moved* into place: across file systems that is a copy into the target path, which a kill can
+    truncate, and an interrupted save leaves a full-size orphan in /tmp. Remote URLs (``s3://``...) keep
+    Lightning's writer. ``aurora`` uses this plugin by default (``trainer.plugins``)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

@@ -40,7 +40,11 @@ class RunConfig(SaveConfigCallback):
         path = out / self.config_filename
         self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
         for logger in trainer.loggers:
-            if hasattr(logger, "experiment") and hasattr(logger, "run_id") and logger.run_id:
+            if hasattr(logger, "log_recipe"):  # aurora.tracking.MLFlowLogger: flattened params + the file
+                import yaml
+
+                logger.log_recipe(yaml.safe_load(self.parser.dump(self.config, skip_none=False)), path)
+            elif hasattr(logger, "experiment") and hasattr(logger, "run_id") and logger.run_id:
                 logger.experiment.log_artifact(logger.run_id, str(path))
 
 
@@ -57,7 +61,8 @@ class AuroraCLI(LightningCLI):
                 "logger": {
                     "class_path": "aurora.tracking.MLFlowLogger",
                     "init_args": {"experiment_name": "aurora", "tracking_uri": DEFAULT_TRACKING_URI},
-                }
+                },
+                "plugins": [{"class_path": "aurora.callbacks.AtomicCheckpointIO"}],  # checkpoints: tmp + rename
             },
         )
         super().__init__(AuroraModule, AuroraDataModule, *args, **kwargs)

@@ -1,18 +1,29 @@
-"""The LightningModule: training, evaluation by generation, per-part freezing and optimiser groups."""
+"""The LightningModule: training, evaluation by generation, per-part freezing and optimiser groups, stage
+chaining (``init_from``), LoRA, gradient checkpointing, non-finite loss handling and FSDP2 sharding."""
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from aurora.checkpoint import MODEL_PREFIX, load_weights
 from aurora.metrics import AnswerAccuracy
 from aurora.model import AuroraModel
 from aurora.types import IGNORE_INDEX
 
+log = logging.getLogger(__name__)
+
 PARTS = ("vision", "projector", "rnn")
+SCHEDULES = ("cosine", "linear", "constant")
+NONFINITE = ("halt", "skip", "off")
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "bias")
 
 
 class AuroraModule(L.LightningModule):
@@ -25,8 +36,19 @@ class AuroraModule(L.LightningModule):
         lr: peak learning rate; ``lr_mult`` scales it per part, e.g. ``{vision: 0.1}``.
         warmup_ratio: fraction of the total steps spent in linear warm-up, then cosine decay to
             ``min_lr_ratio * lr``.
+        schedule: ``cosine`` (to ``min_lr_ratio * lr``), ``linear`` (to ``min_lr_ratio * lr``) or ``constant``,
+            each after the linear warm-up; ``warmup_steps`` (if given) wins over ``warmup_ratio``.
         categories: question categories for the accuracy metric (default: the datamodule's, else one bucket).
         max_new_tokens: generation length limit for evaluation and prediction.
+        init_from: the Lightning checkpoint of an earlier stage (``aurora fit``'s ``last.ckpt``): its model
+            weights are loaded (``weights_only``), strictly: every weight present with its shape, nothing extra.
+            Optimiser, schedule and step start fresh (``--ckpt_path`` resumes a run instead).
+        lora: LoRA adapters on the language model's linear layers (needs ``peft``): ``r``, ``alpha``,
+            ``dropout``, ``target_modules`` (module-name suffixes like ``[att.key, ffn.value]``, or one regex
+            matched against the full name) and ``bias``. Only the adapters of the language model then train.
+        grad_checkpoint: parts whose blocks are recomputed in the backward pass (``vision``, ``rnn``).
+        nonfinite: what a NaN or inf training loss does: ``halt`` raises an error naming the step, ``skip`` drops
+            that optimiser step (no update, counted in ``train/nonfinite_steps``), ``off`` trains on it.
     """
 
     def __init__(
@@ -42,16 +64,42 @@ class AuroraModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_ratio: float = 0.03,
         min_lr_ratio: float = 0.1,
+        schedule: str = "cosine",
+        warmup_steps: int | None = None,
         categories: list[str] | None = None,
         max_new_tokens: int = 16,
+        init_from: str | None = None,
+        lora: dict[str, Any] | None = None,
+        grad_checkpoint: list[str] | None = None,
+        nonfinite: str = "halt",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"unknown nonfinite {nonfinite!r}; known: {', '.join(NONFINITE)}")
         self.model = AuroraModel.from_specs(vision=vision, merge=merge, projector=projector, rnn=rnn)
         for part in freeze or []:
             self._part(part).requires_grad_(False)
         for part in lr_mult or {}:
-            self._part(part)
+            if part != "lora":
+                self._part(part)
+        stage = read_stage(init_from) if init_from else None
+        stage_lora = stage is not None and any("lora_" in k for k in stage["state_dict"])
+        if stage_lora and not lora:
+            raise ValueError(f"init_from {init_from} holds LoRA adapters; give this stage the same `lora:` settings "
+                             "(or merge the adapters into the weights first)")
+        if stage is not None and not stage_lora:  # weights without adapters: loaded before any are added
+            load_weights(self.model, stage, MODEL_PREFIX, "this stage's model (the stages must share the architecture)")
+        if lora:
+            apply_lora(self.model, lora)
+        if stage_lora:
+            load_weights(self.model, stage, MODEL_PREFIX, "this stage's model with its LoRA adapters")
+        for part in grad_checkpoint or []:
+            enable_grad_checkpoint(self._part(part), part)
+        self.nonfinite_steps = 0
+        self._drop_update = False
         self._categories = categories
         self.test_accuracy: AnswerAccuracy | None = None
         self._tokenizer = None
@@ -87,9 +135,50 @@ class AuroraModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.model(batch["pixels"], batch["input_ids"], batch["labels"])
         bs = batch["input_ids"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
-        self.log("train/token_acc", out.correct_tokens / out.num_tokens, batch_size=bs)
+        if self.hparams.nonfinite != "off" and self._nonfinite(out.loss):
+            return self._on_nonfinite(out.loss, batch_idx)
+        # synced over processes: the logged curve is the global batch's, whatever the number of processes
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/token_acc", out.correct_tokens / out.num_tokens, batch_size=bs, sync_dist=True)
         return out.loss
+
+    # -- non-finite losses ---------------------------------------------------------------------------------
+    def _nonfinite(self, loss: Tensor) -> bool:
+        """True when the loss is NaN/inf on this or any other process (all processes decide alike)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad > 0)
+
+    def _on_nonfinite(self, loss: Tensor, batch_idx: int) -> Tensor:
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        value = loss.item() if torch.isfinite(loss).all() else float(loss)
+        if self.hparams.nonfinite == "halt":
+            raise FloatingPointError(
+                f"non-finite training loss at {where}: {value} on this process (another process's loss if finite "
+                "here); set `model.nonfinite: skip` to drop such steps, or resume from the last checkpoint with a "
+                "lower learning rate"
+            )
+        self.nonfinite_steps += 1
+        self._drop_update = True
+        log.warning("non-finite training loss at %s: %s; this optimiser step is skipped (%d so far)",
+                    where, value, self.nonfinite_steps)
+        # backward still runs (every process takes part in the gradient all-reduce); the gradients are dropped
+        # in on_before_optimizer_step, so the weights, AdamW's moments and its step count stay unchanged
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_update:
+            optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without gradients
+            self._drop_update = False
+        if self.hparams.nonfinite == "skip":
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), rank_zero_only=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.model(batch["pixels"], batch["input_ids"], batch["labels"])
@@ -107,7 +196,12 @@ class AuroraModule(L.LightningModule):
             # the prompt ends where the answer starts; without an answer, where the right padding (0) starts
             end = int(answer_pos[0]) if len(answer_pos) else int((ids != 0).sum())
             prompts.append(ids[:end])
+        unshard = getattr(self.model, "unshard", None)  # FSDP2: generation calls parts outside the root's forward
+        if unshard is not None:
+            unshard()
         outs = self.model.generate_batch(batch["pixels"], prompts, max_new_tokens=self.hparams.max_new_tokens, stop_ids=stop)
+        if unshard is not None:
+            self.model.reshard()
         return [tok.decode(out).strip() for out in outs]
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -132,42 +226,187 @@ class AuroraModule(L.LightningModule):
             for i, p in enumerate(preds)
         ]
 
+    # -- distributed: FSDP2 through Lightning's ModelParallelStrategy -------------------------------------------
+    def configure_model(self) -> None:
+        """Shard with FSDP2 when the strategy is ``ModelParallelStrategy`` (no-op otherwise): each language-model
+        block is one unit, the vision encoder one unit (its layer loop calls sub-modules of the layers, so the
+        layers cannot be units of their own), the rest (projector, embeddings, head) the root unit."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.model, FSDPModule):  # already sharded (fit, then test in the same process)
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise NotImplementedError(
+                f"tensor parallelism is not implemented (tensor_parallel_size={mesh['tensor_parallel'].size()}); use "
+                "ModelParallelStrategy(data_parallel_size=<number of processes>, tensor_parallel_size=1)"
+            )
+        dp = mesh["data_parallel"] if "data_parallel" in names else mesh
+        for block in block_list(self.model.rnn):
+            fully_shard(block, mesh=dp)
+        fully_shard(self.model.vision, mesh=dp)
+        fully_shard(self.model, mesh=dp)
+
     # -- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
+        mult = hp.lr_mult or {}
         groups = []
         for part in PARTS:
-            decay, no_decay = [], []
+            buckets: dict[str, list] = {}
             for name, p in getattr(self.model, part).named_parameters():
                 if not p.requires_grad:
                     continue
                 # decay only matrix weights of linear maps; never norms, biases, embeddings or RNN mixing vectors
-                (decay if p.ndim >= 2 and name.endswith("weight") and "emb" not in name else no_decay).append(p)
-            lr = hp.lr * (hp.lr_mult or {}).get(part, 1.0)
-            for params, wd in ((decay, hp.weight_decay), (no_decay, 0.0)):
-                if params:
-                    groups.append({"params": params, "lr": lr, "weight_decay": wd, "name": f"{part}{'' if wd else '/no_decay'}"})
+                decay = p.ndim >= 2 and name.endswith("weight") and "emb" not in name
+                group = ("lora" if "lora_" in name else part) + ("" if decay else "/no_decay")
+                buckets.setdefault(group, []).append(p)
+            for group, params in buckets.items():
+                base = group.split("/")[0]
+                lr = hp.lr * mult.get(base, mult.get(part, 1.0))
+                wd = 0.0 if group.endswith("/no_decay") else hp.weight_decay
+                groups.append({"params": params, "lr": lr, "weight_decay": wd, "name": group})
         if not groups:
             raise ValueError("every part is frozen: nothing to train")
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = self.trainer.estimated_stepping_batches
-        total = int(total) if total and math.isfinite(total) else None
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, hp.warmup_ratio, hp.min_lr_ratio))
+        total = self._total_steps()
+        if total is None and hp.schedule != "constant":
+            log.warning("the number of training steps is unknown (streaming data without trainer.max_steps or a "
+                        "sample count in the dataset's manifest.json): the learning rate stays constant after "
+                        "warm-up; set trainer.max_steps for the %s decay", hp.schedule)
+        factor = lr_schedule(hp.schedule, total, hp.warmup_ratio, hp.min_lr_ratio, hp.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def warmup_cosine(total_steps: int | None, warmup_ratio: float, min_ratio: float):
-    """Multiplier for step s: linear warm-up, then cosine to ``min_ratio``; constant after warm-up when the
-    total is unknown (e.g. an endless stream without ``max_steps``)."""
-    warmup = max(1, int(round((total_steps or 0) * warmup_ratio)))
+    def _total_steps(self) -> int | None:
+        """Optimiser steps of the whole run: Lightning's estimate (``max_steps``, or the loader's length times
+        ``max_epochs``), else, for streamed shards, the train split's sample count from the datamodule's manifest."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if total and math.isfinite(total):
+            return int(total)
+        dm = getattr(trainer, "datamodule", None)
+        manifest = getattr(dm, "manifest", None) or {}
+        count = manifest.get("splits", {}).get("train", {}).get("count")
+        epochs, batch = trainer.max_epochs, getattr(dm, "batch_size", None)
+        if not count or not batch or epochs is None or epochs < 1:
+            return None
+        per_epoch = math.ceil(count / (batch * trainer.world_size))  # batches per process and epoch
+        total = math.ceil(per_epoch / trainer.accumulate_grad_batches) * epochs
+        log.info("schedule length from the manifest: %d samples -> %d optimiser steps", count, total)
+        return total
+
+
+def lr_schedule(kind: str, total_steps: int | None, warmup_ratio: float, min_ratio: float,
+                warmup_steps: int | None = None) -> Callable[[int], float]:
+    """Multiplier for step s: linear warm-up (``warmup_steps``, else ``warmup_ratio`` of the total), then
+    ``cosine`` or ``linear`` decay to ``min_ratio``, or ``constant``; constant after warm-up when the total is
+    unknown (e.g. an endless stream without ``max_steps``)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    warmup = max(1, warmup_steps if warmup_steps is not None else int(round((total_steps or 0) * warmup_ratio)))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if total_steps is None:
+        if total_steps is None or kind == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+        return min_ratio + (1 - min_ratio) * shape
 
     return factor
+
+
+def warmup_cosine(total_steps: int | None, warmup_ratio: float, min_ratio: float):
+    """Linear warm-up, then cosine to ``min_ratio`` (:func:`lr_schedule` with ``cosine``)."""
+    return lr_schedule("cosine", total_steps, warmup_ratio, min_ratio)
+
+
+# -- weights of an earlier stage ---------------------------------------------------------------------------------
+def read_stage(path: str | Path) -> dict[str, Any]:
+    """The Lightning checkpoint an earlier stage wrote (``weights_only``), with a clear error for a sharded one."""
+    from aurora.checkpoint import read_checkpoint
+
+    if Path(path).is_dir():
+        raise ValueError(
+            f"init_from {path} is a directory (a sharded FSDP checkpoint?); consolidate it into one file with "
+            f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}`, or train with "
+            "ModelParallelStrategy(save_distributed_checkpoint=false)"
+        )
+    blob = read_checkpoint(path)
+    blob["__path__"] = str(path)
+    return blob
+
+
+# -- LoRA ------------------------------------------------------------------------------------------------------
+def apply_lora(model: AuroraModel, spec: dict[str, Any]) -> None:
+    """Inject LoRA adapters (peft) into the language model's linear layers named by ``target_modules``; afterwards
+    only the adapters of the language model train (the other parts keep their own ``freeze`` setting)."""
+    unknown = sorted(set(spec) - set(LORA_KEYS))
+    if unknown:
+        raise ValueError(f"unknown lora keys {unknown}; known: {', '.join(LORA_KEYS)}")
+    if "target_modules" not in spec:
+        raise ValueError("lora needs target_modules: names of the language model's linear layers "
+                         "(suffixes like att.key, or one regex)")
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as e:  # pragma: no cover - peft is in the lora extra
+        raise ImportError("lora needs peft: pip install 'aurora[lora]'") from e
+    targets = spec["target_modules"]
+    linear = [n for n, m in model.rnn.named_modules() if isinstance(m, nn.Linear)]
+    if isinstance(targets, str):
+        import re
+
+        matched = [n for n in linear if re.fullmatch(targets, n)]
+    else:
+        targets = list(targets)
+        matched = [n for n in linear if any(n == t or n.endswith("." + t) for t in targets)]
+    if not matched:
+        shown = sorted({n.split(".", 2)[-1] if n.startswith(("blocks.", "layers.")) else n for n in linear})
+        raise ValueError(f"lora target_modules {targets!r} match no linear layer of the language model; its linear "
+                         f"layers are named like: {', '.join(shown[:20])}")
+    config = LoraConfig(r=int(spec.get("r", 8)), lora_alpha=int(spec.get("alpha", 16)),
+                        lora_dropout=float(spec.get("dropout", 0.0)), target_modules=targets,
+                        bias=spec.get("bias", "none"))
+    model.rnn.requires_grad_(False)
+    inject_adapter_in_model(config, model.rnn)
+    for name, p in model.rnn.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+# -- gradient checkpointing ------------------------------------------------------------------------------------
+def enable_grad_checkpoint(module: nn.Module, part: str) -> None:
+    """Recompute ``part``'s blocks in the backward pass. Backbones (and encoders) with a ``grad_checkpoint``
+    attribute switch it on; a merging ViT without one gets its per-layer attention and MLP checkpointed."""
+    if hasattr(module, "grad_checkpoint"):
+        module.grad_checkpoint = True
+        return
+    from aurora.components.vision.base import MergingViT
+
+    if isinstance(module, MergingViT):
+        # the layer loop calls attention(layer, x, sizes) and mlp(layer, x) per layer: instance attributes wrap
+        # them (no new parameters, same state dict); the merge between them is cheap and not recomputed
+        for name in ("attention", "mlp"):
+            setattr(module, name, functools.partial(_checkpointed, getattr(module, name)))
+        return
+    raise ValueError(f"{part} ({type(module).__name__}) has no gradient checkpointing; parts that have it: rnn "
+                     "(every backbone), vision (the merging ViTs)")
+
+
+def _checkpointed(fn: Callable, *args: Any) -> Any:
+    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
+
+
+def block_list(rnn: nn.Module) -> list[nn.Module]:
+    """The language model's repeated blocks: the ``nn.ModuleList`` with one entry per layer."""
+    n = getattr(rnn, "n_layer", None)
+    for _, m in rnn.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) == n:
+            return list(m)
+    raise ValueError(f"cannot find the {n} blocks of {type(rnn).__name__} to shard")
 
