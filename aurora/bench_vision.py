@@ -11,13 +11,17 @@ the name; the positional arguments are
 * ``tome:KEEP_RATIO[:SCHEDULE]`` — ToMe inside every layer (schedule: constant, front, back, exact);
 * ``tome_post:KEEP_RATIO`` — ToMe rounds on the encoder's output;
 * ``pool:STRIDE[:KERNEL]`` — average pooling of the output patch grid;
+* ``temporal:KEEP_RATIO[:WINDOW]`` — merging across neighbouring frames after a per-frame merge given as
+  ``inner=NAME/ARG/ARG`` (the same form with ``/`` for ``:``; default ``tome`` without merging), e.g.
+  ``temporal:0.5:inner=tome/0.25``; the benchmark's frames are one video;
 
 and any other registered merge takes ``key=value`` arguments only. ``--order`` is given to every merge that takes
 an ordering (``tome``, ``tome_post``) unless its spec names one.
 
 Every record has the encoder's dimensions, the merge spec, the tokens per frame the encoder announces
 (``encoder.tokens_per_frame(H, W)``, checked equal to the token count it actually outputs: a difference stops the
-benchmark), the achieved keep ratio (tokens out / tokens in), and frames/s: ``--frames`` frames (random pixels)
+benchmark), ``visual_tokens_per_frame``: what the language model reads per frame after the merge's video step
+(the same for per-frame merges, the video's token budget / frames for ``temporal``), the achieved keep ratio (tokens out / tokens in), and frames/s: ``--frames`` frames (random pixels)
 per forward under ``torch.inference_mode()``, ``--warmup`` untimed forwards, then ``--repeat`` timed rounds; a
 round times one forward of every merge in turn (interleaved, so that load changes on a shared machine hit all
 merges alike), and the median of each merge's rounds is kept. On CUDA every timing is bracketed by
@@ -33,6 +37,7 @@ against the keep ratio asked for), both written to a temporary name and moved in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import platform
@@ -43,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 # positional arguments of the merges' ``NAME:ARG:ARG`` form
-POSITIONAL = {"none": (), "tome": ("keep_ratio", "schedule"), "tome_post": ("keep_ratio",), "pool": ("stride", "kernel")}
+POSITIONAL = {"none": (), "tome": ("keep_ratio", "schedule"), "tome_post": ("keep_ratio",), "pool": ("stride", "kernel"),
+              "temporal": ("keep_ratio", "window")}
 DEFAULT_MERGES = "none,tome:0.5,tome:0.25,tome:0.1,tome_post:0.1,pool:2"
 
 
@@ -86,6 +92,8 @@ def parse_merge(text: str, order: str | None = None) -> tuple[str, dict[str, Any
         if "=" in a:
             key, val = a.split("=", 1)
             spec[key.strip()] = _value(val.strip())
+    if isinstance(spec.get("inner"), str):  # temporal's per-frame merge: inner=tome/0.25 -> a nested spec
+        spec["inner"] = parse_merge(spec["inner"].replace("/", ":"), order)[1]
     params = inspect.signature(cls).parameters
     if order is not None and "order" in params and "order" not in spec:
         spec["order"] = order
@@ -183,11 +191,11 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     for precision in precisions:
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if precision == "bf16_autocast" else None
 
-        def forward(enc):
-            if autocast is None:
-                return enc(pixels)
-            with autocast():
-                return enc(pixels)
+        def forward(enc, video_step=True):
+            """The encoder on the frames, then the merge's video step (all frames are one video)."""
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                out = enc(pixels)
+                return enc.merge.video(out, args.frames) if video_step else out
 
         times: list[list[float]] = [[] for _ in encoders]
         outputs = []
@@ -195,8 +203,10 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
             for (label, _), enc in zip(specs, encoders):  # warm-up, and the token counts checked
                 out = None
                 for _ in range(max(1, args.warmup)):
-                    out = forward(enc)
+                    out = forward(enc, video_step=False)
                 sync()
+                video = enc.merge.video(out, args.frames)
+                read_per_frame = video.tokens.shape[0] * video.tokens.shape[1] / args.frames
                 predicted, actual = enc.tokens_per_frame(h, w), out.tokens.shape[1]
                 if actual != predicted:
                     raise RuntimeError(f"merge {label!r}: encoder.tokens_per_frame({h}, {w}) = {predicted} but the "
@@ -204,8 +214,8 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
                 sizes_sum = out.sizes.float().sum(dim=1)  # every frame's sizes add up to the tokens that went in
                 if not torch.allclose(sizes_sum, torch.full_like(sizes_sum, tokens_in), rtol=1e-4):
                     raise RuntimeError(f"merge {label!r}: token sizes sum to {sizes_sum.tolist()}, not {tokens_in}")
-                outputs.append((predicted, actual, tuple(out.tokens.shape), str(out.tokens.dtype)))
-                del out
+                outputs.append((predicted, actual, tuple(out.tokens.shape), str(out.tokens.dtype), read_per_frame))
+                del out, video
             for _ in range(args.repeat):
                 for i, enc in enumerate(encoders):
                     sync()
@@ -215,7 +225,7 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
                     times[i].append(time.perf_counter() - t0)
                     del out
         base = None
-        for (label, spec), enc, ts, (predicted, actual, shape, out_dtype) in zip(specs, encoders, times, outputs):
+        for (label, spec), enc, ts, (predicted, actual, shape, out_dtype, read) in zip(specs, encoders, times, outputs):
             med = statistics.median(ts)
             fps = args.frames / med
             if label == "none":
@@ -223,9 +233,10 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
             keep = nominal_keep(spec)
             rec = dict(common, merge=label, merge_name=spec["name"], merge_spec=spec, keep_ratio=keep,
                        tokens_per_frame=predicted, output_tokens=actual, tokens_match=predicted == actual,
+                       visual_tokens_per_frame=read,
                        achieved_keep=predicted / tokens_in, output_shape=list(shape), output_dtype=out_dtype,
                        precision=precision, seconds=ts, median_s=med, frames_per_s=fps,
-                       visual_tokens_per_s=fps * predicted)
+                       visual_tokens_per_s=fps * read)
             records.append(rec)
             log(f"[bench vision] {precision} {label}: {predicted} tokens/frame, {fps:,.1f} frames/s")
         for rec in records:
@@ -238,10 +249,11 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    head = ["merge", "precision", "keep ratio", "achieved keep", "tokens/frame", "frames/s", "visual tok/s",
-            "speed-up vs none", "median ms / batch"]
+    head = ["merge", "precision", "keep ratio", "achieved keep", "tokens/frame", "LM tokens/frame", "frames/s",
+            "visual tok/s", "speed-up vs none", "median ms / batch"]
     rows = [[r["merge"], r["precision"], "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:g}",
-             f"{r['achieved_keep']:.3f}", f"{r['tokens_per_frame']}", f"{r['frames_per_s']:,.1f}",
+             f"{r['achieved_keep']:.3f}", f"{r['tokens_per_frame']}", f"{r['visual_tokens_per_frame']:g}",
+             f"{r['frames_per_s']:,.1f}",
              f"{r['visual_tokens_per_s']:,.0f}", f"{r['speedup_vs_none']:.2f}x", f"{1000 * r['median_s']:.1f}"]
             for r in records]
     width = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]

@@ -8,6 +8,7 @@
     aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
     aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
     aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt PATH] [--frames N] [--out merge.png]
+    aurora ablate --grid recipes/ablations/order_keep.yaml --out DIR   (a grid of training runs, resumable)
 """
 from __future__ import annotations
 
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         from aurora.viz import viz_main
 
         return viz_main(argv[1:])
+    if argv and argv[0] == "ablate":
+        from aurora.ablate import ablate_main
+
+        return ablate_main(argv[1:])
     AuroraCLI(args=argv)
     return 0
 

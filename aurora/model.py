@@ -2,7 +2,8 @@
 
     video (B, F, 3, H, W)
       -> frames folded into the batch (B*F, 3, H, W)
-      -> vision encoder, with the sorted token merge inside its layers   (VisualTokens: tokens + sizes)
+      -> vision encoder, with the sorted token merge inside its layers   (VisualTokens: tokens, sizes, frames)
+      -> the merge's video step (identity, or a merge across frames)      (a fixed token budget per video)
       -> projector                                                       (B, F*n, d_model)
       -> spliced into the text embeddings at the <video> placeholder     (sandwich prompt)
       -> linear RNN language model (hidden states, constant-size state)
@@ -73,13 +74,18 @@ class AuroraModel(nn.Module):
         return load_converted(path, **spec)
 
     # -- the pieces of the data flow -------------------------------------------------------------------
-    def encode_video(self, pixels: Tensor) -> tuple[Tensor, VisualTokens]:
-        """(B, F, 3, H, W) -> visual embeddings (B, F*n, d_model), frames in time order."""
+    def encode_video(self, pixels: Tensor, keys: list[str] | None = None) -> tuple[Tensor, VisualTokens]:
+        """(B, F, 3, H, W) -> visual embeddings (B, T, d_model) and the encoder's :class:`VisualTokens`.
+
+        T is F * n for a per-frame merge (frames in time order). A merge across frames (``temporal``) or a
+        video-wide ordering (``size_global``) returns rows of several frames with a fixed token budget per row,
+        so T is the same for every video of a batch and the batch stays rectangular. ``keys`` name the videos
+        for a frozen encoder's feature cache."""
         if pixels.dim() != 5:
             raise ValueError(f"pixels must be (batch, frames, 3, height, width), got shape {tuple(pixels.shape)}")
-        b, f = pixels.shape[:2]
-        vt = self.vision(pixels.flatten(0, 1))
-        tokens = vt.tokens.reshape(b, f * vt.tokens_per_frame, -1)
+        b = pixels.shape[0]
+        vt = self.vision.encode_videos(pixels, keys)
+        tokens = vt.tokens.reshape(b, -1, vt.tokens.shape[-1])  # the rows of one video are consecutive
         return self.projector(tokens), vt
 
     def splice(self, input_ids: Tensor, video: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

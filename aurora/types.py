@@ -11,20 +11,70 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class VisualTokens:
-    """What a vision encoder (with its merge) returns, one row per frame.
+    """What a vision encoder (with its merge) returns: rows of tokens, read by the language model row after row.
 
-    ``tokens``: (F, n, D) merged tokens in the order the language model will read them.
-    ``sizes``: (F, n) number of original patches merged into each token; each row sums to the patch count.
-    ``source``: (F, n, N) 0/1 map token -> original patches (None unless asked for), for inspection.
+    ``tokens``: (R, n, D) merged tokens in the order the language model will read them.
+    ``sizes``: (R, n) number of original patches merged into each token (across frames for a temporal merge).
+    ``frames``: (R, n) int64 index of the frame each token comes from; a token that spans several frames (a
+        temporal merge) carries the earliest one. From the encoder it is the frame's row in the pixels it was
+        given; :meth:`aurora.model.AuroraModel.encode_video` makes it the frame's index within its video.
+    ``source``: (R, n, P) map token -> original patches (None unless the merge traces sources: it costs
+        memory), for inspection. P is the patch count of one frame for per-frame rows, and ``W * N`` (frame-major:
+        frame ``t`` of the row holds columns ``t * N .. (t + 1) * N``) for a row that spans W frames.
+
+    Rows are frames for per-frame merges (R = frames, the same n in every row). A merge that works across
+    frames (``temporal``) or an ordering over the whole video (``size_global``) returns one row per window of
+    frames or per video instead, still rectangular (a fixed token budget per row); ``row_frames`` says how many
+    frames each row spans.
     """
 
     tokens: Tensor
     sizes: Tensor
     source: Optional[Tensor] = None
+    frames: Optional[Tensor] = None
+    row_frames: int = 1
 
     @property
-    def tokens_per_frame(self) -> int:
-        return self.tokens.shape[1]
+    def tokens_per_frame(self) -> float:
+        """Tokens the language model reads per frame (a fraction when a row spans several frames)."""
+        n = self.tokens.shape[1]
+        return n if self.row_frames == 1 else n / self.row_frames
+
+    def select(self, perm: Tensor) -> "VisualTokens":
+        """The same tokens reordered (or a subset picked) per row by ``perm`` (R, m) indices."""
+        def take(t: Optional[Tensor]) -> Optional[Tensor]:
+            if t is None:
+                return None
+            idx = perm.to(t.device)
+            if t.dim() == 3:
+                idx = idx[..., None].expand(-1, -1, t.shape[-1])
+            return t.gather(1, idx)
+
+        return VisualTokens(tokens=take(self.tokens), sizes=take(self.sizes), source=take(self.source),
+                            frames=take(self.frames), row_frames=self.row_frames)
+
+    def group_frames(self, frames_per_row: int) -> "VisualTokens":
+        """Per-frame rows (R, n) -> one row per ``frames_per_row`` consecutive frames (R / W, W * n), frames in
+        time order; source maps become block-diagonal over the row's W * N frame-major patch columns."""
+        w = int(frames_per_row)
+        if self.row_frames != 1:
+            raise ValueError(f"group_frames needs per-frame rows; these rows already span {self.row_frames} frames")
+        r, n = self.sizes.shape
+        if w < 1 or r % w:
+            raise ValueError(f"{r} frames cannot be grouped into rows of {w} frames")
+        frames = self.frames
+        if frames is None:
+            frames = torch.arange(r, device=self.sizes.device)[:, None].expand(r, n)
+        source = None
+        if self.source is not None:
+            p = self.source.shape[-1]
+            src = self.source.reshape(r // w, w, n, p)
+            source = src.new_zeros(r // w, w, n, w, p)
+            idx = torch.arange(w, device=src.device)
+            source[:, idx, :, idx] = src.transpose(0, 1)  # frame t's tokens hold columns of frame t only
+            source = source.reshape(r // w, w * n, w * p)
+        return VisualTokens(tokens=self.tokens.reshape(r // w, w * n, -1), sizes=self.sizes.reshape(r // w, w * n),
+                            source=source, frames=frames.reshape(r // w, w * n), row_frames=w)
 
 
 class VisionEncoder(nn.Module):
@@ -34,6 +84,16 @@ class VisionEncoder(nn.Module):
 
     def tokens_per_frame(self, height: int, width: int) -> int:  # known before running
         raise NotImplementedError
+
+    def encode_videos(self, pixels: Tensor, keys: Optional[list[str]] = None) -> VisualTokens:
+        """(B, F, 3, H, W) -> rows of one video consecutive, ``frames`` within the video. The default folds the
+        frames into the batch; :class:`~aurora.components.vision.base.MergingViT` adds its feature cache and the
+        merge's video step."""
+        f = pixels.shape[1]
+        vt = self(pixels.flatten(0, 1))
+        if vt.frames is not None:
+            vt.frames = vt.frames % f
+        return vt
 
 
 class RecurrentLM(nn.Module):

@@ -91,7 +91,7 @@ def test_unknown_merge_fails_listing_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         bench_main(["vision", *TINY, "--merges", "none,fancy:0.5"])
     err = capsys.readouterr().err
-    assert "unknown merge strategy 'fancy'; known merge strategies: none, pool, tome, tome_post" in err
+    assert "unknown merge strategy 'fancy'; known merge strategies: none, pool, temporal, tome, tome_post" in err
     with pytest.raises(SystemExit):
         bench_vision_main([*TINY, "--merges", "tome:1.5"])
     assert "merge 'tome:1.5': keep_ratio must be in (0, 1], got 1.5" in capsys.readouterr().err
@@ -105,3 +105,17 @@ def test_a_token_count_unlike_the_announced_one_stops_the_benchmark(monkeypatch)
     with pytest.raises(RuntimeError, match=r"merge 'none': encoder.tokens_per_frame\(32, 32\) = 17 but the "
                                            r"encoder output 16 tokens per frame"):
         bench_vision_main([*TINY, "--merges", "none"])
+
+
+def test_tokens_the_language_model_reads_per_frame(tmp_path):
+    out_json = tmp_path / "t.json"
+    rc = bench_vision_main([*TINY, "--feature-layer", "-1", "--merges", "none,tome:0.5,temporal:0.5:inner=tome/0.5",
+                            "--json", str(out_json)])
+    assert rc == 0
+    none, tome, temporal = json.loads(out_json.read_text())
+    assert none["visual_tokens_per_frame"] == none["tokens_per_frame"] == 16
+    assert tome["visual_tokens_per_frame"] == tome["tokens_per_frame"] == 8
+    # temporal: the encoder still outputs tome's 8 per frame; the 4 frames (one video) keep half of 32 tokens
+    assert temporal["tokens_per_frame"] == 8 and temporal["visual_tokens_per_frame"] == 4.0
+    assert temporal["merge_spec"]["inner"] == {"name": "tome", "keep_ratio": 0.5, "order": "size_ascending"}
+    assert temporal["visual_tokens_per_s"] == pytest.approx(temporal["frames_per_s"] * 4.0)

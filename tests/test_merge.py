@@ -105,7 +105,7 @@ def test_schedules_and_registry():
     with pytest.raises(ValueError, match="3 entries for 2"):
         ToMeMerge(r=[1, 2, 3]).schedule(64, 2)
     assert isinstance(MERGE.build("none"), TokenMerge)
-    with pytest.raises(KeyError, match="known token orderings: original, random, size_ascending, size_descending"):
+    with pytest.raises(KeyError, match="known token orderings: frame_then_size, original, random, size_ascending, size_descending, size_global"):
         ToMeMerge(order="sideways")
-    with pytest.raises(KeyError, match="known merge strategies: none, pool, tome, tome_post"):
+    with pytest.raises(KeyError, match="known merge strategies: none, pool, temporal, tome, tome_post"):
         MERGE.build("pool9")

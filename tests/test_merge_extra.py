@@ -396,10 +396,10 @@ def test_unknown_names_are_listed():
         ToMeMerge(keep_ratio=0.5, schedule="sideways")
     with pytest.raises(ValueError, match="unknown tie_break 'age'; known: merge_order, position"):
         ToMeMerge(tie_break="age")
-    with pytest.raises(KeyError, match="known merge strategies: none, pool, tome, tome_post"):
+    with pytest.raises(KeyError, match="known merge strategies: none, pool, temporal, tome, tome_post"):
         MERGE.build("pool9")
-    with pytest.raises(KeyError, match="known token orderings: original, random, size_ascending, size_descending"):
-        ToMePostMerge(order="frame_then_size")
+    with pytest.raises(KeyError, match="known token orderings: frame_then_size, original, random, size_ascending, size_descending, size_global"):
+        ToMePostMerge(order="time_reversed")
     with pytest.raises(ValueError, match="explicit r list is its own schedule"):
         ToMeMerge(r=[1, 2], schedule="front")
     with pytest.raises(ValueError, match="'exact' takes its count from keep_ratio"):

@@ -212,5 +212,5 @@ def test_registry_builds_clip_with_merge_and_rejects_bad_input():
         enc(torch.randn(2, 32, 32))
     with pytest.raises(ValueError, match="feature_layer -5"):
         ClipVision(**TINY, feature_layer=-5)
-    with pytest.raises(KeyError, match="known vision backbones: clip, siglip"):
+    with pytest.raises(KeyError, match="known vision backbones: clip, open_clip, siglip, timm"):
         VISION.build("vit-huge")

@@ -1,1 +1,1 @@
-from . import order, pool, tome  # noqa: F401  (registers the orderings and merge strategies)
+from . import order, pool, temporal, tome  # noqa: F401  (registers the orderings and merge strategies)

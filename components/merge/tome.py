@@ -14,10 +14,14 @@ the attention keys averaged over heads as the similarity metric, and the running
 
 ``finalize`` gets the encoder's output tokens and the last layer's head-averaged keys (``None`` when the encoder
 ran no layer; merges that need a metric then use the tokens themselves). It is the identity except for merges
-that work on the encoder's output (``tome_post``, ``pool``).
+that work on the encoder's output (``tome_post``, ``pool``) and for ``sort_at: once`` (the ordering applied
+there, once, instead of in every layer).
 
 Every frame is merged on its own (frames are rows of the batch), so the token count per frame is the same for
-all frames and known in advance: :meth:`tokens_per_frame`.
+all frames and known in advance: :meth:`tokens_per_frame`. Once the frames of each video are known
+(:meth:`aurora.model.AuroraModel.encode_video`), :meth:`TokenMerge.video` runs the merge's video step on the
+encoder's :class:`~aurora.types.VisualTokens`: the identity for per-frame merges, the regrouping into one row per
+video for a video-scope ordering (``size_global``), the merge across frames for ``temporal``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ import torch
 from torch import Tensor
 
 from aurora.registry import MERGE, ORDER
+from aurora.types import VisualTokens
+
+from .order import VIDEO, scope
 
 
 @dataclass
@@ -182,10 +189,29 @@ def balance(schedule: list[int], num_patches: int, protect_first: bool = True) -
 
 
 class TokenMerge:
-    """Base of the merge strategies: a schedule of r per layer, a merge step inside the layers and a
-    ``finalize`` step on the encoder's output. ``none`` merges nothing."""
+    """Base of the merge strategies: a schedule of r per layer, a merge step inside the layers, a ``finalize``
+    step on the encoder's output and a ``video`` step once the frames of each video are known. ``none`` merges
+    nothing (``trace_source``: still return the identity source maps)."""
 
     protect_first: bool = True
+    trace_source: bool = False
+
+    def __init__(self, trace_source: bool = False) -> None:
+        self.trace_source = trace_source
+
+    def spec(self) -> dict:
+        """The merge's settings as plain values (its class and every public scalar attribute): what a feature
+        cache keys on."""
+        out = {"class": type(self).__name__}
+        for k, v in sorted(vars(self).items()):
+            if k.startswith("_") or k == "trace_source":
+                continue
+            if isinstance(v, TokenMerge):
+                out[k] = v.spec()
+            elif isinstance(v, (str, int, float, bool, type(None))) or (
+                    isinstance(v, (list, tuple)) and all(isinstance(e, (int, float, str)) for e in v)):
+                out[k] = list(v) if isinstance(v, tuple) else v
+        return out
 
     def schedule(self, num_patches: int, num_layers: int) -> list[int]:
         return [0] * num_layers
@@ -200,12 +226,18 @@ class TokenMerge:
         """Called once on the encoder's output (F, n, C) with the last layer's head-averaged keys."""
         return x, sizes, source
 
+    def video(self, vt: VisualTokens, frames_per_video: int) -> VisualTokens:
+        """The step across the frames of a video on the encoder's per-frame output (rows of one video are
+        consecutive, ``frames_per_video`` each); the identity for a per-frame merge."""
+        return vt
+
 
 MERGE.register("none")(TokenMerge)
 
 
 SCHEDULES = ("back", "constant", "exact", "front")
 TIE_BREAKS = ("merge_order", "position")
+SORT_AT = ("layers", "once")
 
 
 def first_patch(source: Tensor) -> Tensor:
@@ -229,7 +261,11 @@ class ToMeMerge(TokenMerge):
             over the layers as the per-round maximum allows (q + 1 then q where that fits).
             ``front``, ``back`` and ``exact`` respect the per-round maximum (half the unprotected tokens) by
             moving the excess to other layers; ``constant`` is clamped per round (ToMe's behaviour).
-        order: an ordering name (``size_ascending`` is the paper's), applied right after every merge.
+        order: an ordering name (``size_ascending`` is the paper's), applied where ``sort_at`` says.
+        sort_at: ``layers`` (the paper's Algorithm 1): the frame is reordered right after every merge, so the
+            next layer's A/B split runs over the sorted order; ``once``: the layers keep ToMe's own order and the
+            ordering is applied once to the encoder's output (per frame; for ``size_global``, to the whole video
+            in the video step). ``size_global`` needs ``once``.
         tie_break: how the ordering breaks ties of equal size: ``merge_order`` (keep the merge's order) or
             ``position`` (the token's first original patch; turns on ``trace_source``).
         protect_first: never merge away the first token (SigLIP has no class token; the first patch stands in).
@@ -247,8 +283,11 @@ class ToMeMerge(TokenMerge):
         protect_first: bool = True,
         seed: int = 0,
         trace_source: bool = False,
+        sort_at: str = "layers",
     ) -> None:
         r_for_keep_ratio(1, 1, keep_ratio)  # validates keep_ratio
+        if sort_at not in SORT_AT:
+            raise ValueError(f"unknown sort_at {sort_at!r}; known: {', '.join(SORT_AT)}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown r schedule {schedule!r}; known schedules: {', '.join(SCHEDULES)}")
         if tie_break not in TIE_BREAKS:
@@ -266,8 +305,11 @@ class ToMeMerge(TokenMerge):
                 raise ValueError("schedule 'exact' takes its count from keep_ratio; drop r")
             r = int(r)
         self.keep_ratio, self.r, self.schedule_name = keep_ratio, r, schedule
-        self.order_name, self.tie_break = order, tie_break
+        self.order_name, self.tie_break, self.sort_at = order, tie_break, sort_at
         self.order = ORDER.get(order)
+        if scope(self.order) == VIDEO and sort_at != "once":
+            raise ValueError(f"order {order!r} sorts across the frames of a video, which the layers (one frame "
+                             "each) never see: set sort_at: once")
         self.protect_first = protect_first
         self.trace_source = trace_source or tie_break == "position"
         self.seed = seed
@@ -304,13 +346,36 @@ class ToMeMerge(TokenMerge):
                 "raise keep_ratio or merge in more layers")
         return out
 
-    def _order(self, sizes: Tensor, source: Tensor | None) -> Tensor:
+    def _order(self, sizes: Tensor, source: Tensor | None, frames: Tensor | None = None) -> Tensor:
         if self.tie_break == "position":
             if source is None:
                 raise ValueError("tie_break 'position' needs source maps; the encoder must pass source "
                                  "(it does when merge.trace_source is true)")
-            return self.order(sizes, self.protect_first, self.generator, position=first_patch(source))
-        return self.order(sizes, self.protect_first, self.generator)
+            return self.order(sizes, self.protect_first, self.generator, position=first_patch(source), frames=frames)
+        return self.order(sizes, self.protect_first, self.generator, frames=frames)
+
+    def _reorder(self, x: Tensor, sizes: Tensor, source: Tensor | None, metric: Tensor | None = None):
+        perm = self._order(sizes, source)
+        x = x.gather(1, perm[..., None].expand_as(x))
+        sizes = sizes.gather(1, perm)
+        if source is not None:
+            source = source.gather(1, perm[..., None].expand_as(source))
+        if metric is not None:
+            metric = metric.gather(1, perm[..., None].expand_as(metric))
+        return x, sizes, source, metric
+
+    def finalize(self, x: Tensor, metric: Tensor | None, sizes: Tensor, source: Tensor | None):
+        """With ``sort_at: once`` and a per-frame ordering: the ordering, applied once to every output frame."""
+        if self.sort_at == "once" and scope(self.order) != VIDEO:
+            x, sizes, source, _ = self._reorder(x, sizes, source)
+        return x, sizes, source
+
+    def video(self, vt: VisualTokens, frames_per_video: int) -> VisualTokens:
+        """A video-scope ordering (``size_global``): every video's frames become one row, sorted as a whole."""
+        if scope(self.order) != VIDEO:
+            return vt
+        vt = vt.group_frames(frames_per_video)
+        return vt.select(self._order(vt.sizes, vt.source, vt.frames))
 
     def _merge_round(self, x: Tensor, metric: Tensor, sizes: Tensor, source: Tensor | None, r: int,
                      carry_metric: bool = False):
@@ -319,13 +384,8 @@ class ToMeMerge(TokenMerge):
         m = bipartite_soft_matching(metric, r, self.protect_first)
         new_metric = merge_wavg(metric, sizes, m)[0] if carry_metric else None
         x, sizes, source = merge_wavg(x, sizes, m, source)
-        perm = self._order(sizes, source)
-        x = x.gather(1, perm[..., None].expand_as(x))
-        sizes = sizes.gather(1, perm)
-        if source is not None:
-            source = source.gather(1, perm[..., None].expand_as(source))
-        if new_metric is not None:
-            new_metric = new_metric.gather(1, perm[..., None].expand_as(new_metric))
+        if self.sort_at == "layers":
+            x, sizes, source, new_metric = self._reorder(x, sizes, source, new_metric)
         return x, sizes, source, new_metric
 
     def __call__(self, x: Tensor, metric: Tensor, sizes: Tensor, source: Tensor | None, r: int):
@@ -335,7 +395,7 @@ class ToMeMerge(TokenMerge):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(keep_ratio={self.keep_ratio}, r={self.r}, schedule={self.schedule_name!r}, "
-                f"order={self.order_name!r}, tie_break={self.tie_break!r})")
+                f"order={self.order_name!r}, sort_at={self.sort_at!r}, tie_break={self.tie_break!r})")
 
 
 @MERGE.register("tome_post")
@@ -343,9 +403,11 @@ class ToMePostMerge(ToMeMerge):
     """ToMe on the encoder's OUTPUT: no merging inside the layers; ``finalize`` runs bipartite rounds (each
     removing as many as it can, at most half the unprotected tokens) on the last layer's keys until exactly
     keep_ratio * N (rounded half up; at least 1 + protect_first) tokens are left. Between rounds the keys are
-    merged along with the tokens (size-weighted) and the ordering is applied after every round.
+    merged along with the tokens (size-weighted) and the ordering is applied after every round (``sort_at:
+    layers``) or once after the last (``once``).
 
-    Args: ``keep_ratio``, ``order``, ``tie_break``, ``protect_first``, ``seed``, ``trace_source`` as ``tome``.
+    Args: ``keep_ratio``, ``order``, ``sort_at``, ``tie_break``, ``protect_first``, ``seed``, ``trace_source`` as
+    ``tome``.
     """
 
     def __init__(
@@ -356,9 +418,10 @@ class ToMePostMerge(ToMeMerge):
         protect_first: bool = True,
         seed: int = 0,
         trace_source: bool = False,
+        sort_at: str = "layers",
     ) -> None:
         super().__init__(keep_ratio=keep_ratio, order=order, tie_break=tie_break, protect_first=protect_first,
-                         seed=seed, trace_source=trace_source)
+                         seed=seed, trace_source=trace_source, sort_at=sort_at)
 
     def schedule(self, num_patches: int, num_layers: int) -> list[int]:
         return [0] * num_layers
@@ -385,4 +448,4 @@ class ToMePostMerge(ToMeMerge):
             raise ValueError(f"finalize metric {tuple(metric.shape)} does not match the tokens {tuple(x.shape)}")
         for r in self.rounds(x.shape[1]):
             x, sizes, source, metric = self._merge_round(x, metric, sizes, source, r, carry_metric=True)
-        return x, sizes, source
+        return super().finalize(x, metric, sizes, source)

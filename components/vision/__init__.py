@@ -1,1 +1,1 @@
-from . import clip, siglip  # noqa: F401  (registers the vision encoders)
+from . import clip, openclip_vit, siglip  # noqa: F401  (registers the vision encoders)

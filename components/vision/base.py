@@ -11,11 +11,15 @@ attention and MLP and attention must be proportional (+ log size on the logits):
     x, sizes, source = merge.finalize(x, keys, sizes, source)   # post-encoder hook of the merge, if it has one
 
 Each encoder supplies only its embeddings (and pre-norm) and how its weights are loaded; with ``merge: none`` (or
-``keep_ratio: 1``) the output equals the Hugging Face model's ``hidden_states[feature_layer]``.
+``keep_ratio: 1``) the output equals the Hugging Face model's ``hidden_states[feature_layer]``. Encoders whose
+layers are laid out differently (open_clip, timm) override :meth:`MergingViT.embed`, :meth:`MergingViT.attention`
+and :meth:`MergingViT.mlp` and keep the loop.
+
+:meth:`MergingViT.encode_videos` is the entry for whole videos (B, F, 3, H, W): the frames through the loop
+(or from the feature cache, for a frozen encoder), then the merge's video step (``temporal``, ``size_global``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -26,6 +30,8 @@ from torch import Tensor, nn
 
 from aurora.registry import MERGE
 from aurora.types import VisionEncoder, VisualTokens
+
+from .cache import FeatureCache, config_hash, pixels_key, weights_fingerprint
 
 
 def resolve_feature_layer(feature_layer: int, num_layers: int) -> int:
@@ -89,8 +95,11 @@ class MergingViT(VisionEncoder):
         feature_layer: hidden_states semantics (0 = after the embeddings and pre-norm, -1 = last layer,
             -2 = last layer dropped).
         merge: a merge spec from the ``MERGE`` registry, or None.
-        frozen: parameters get ``requires_grad=False`` and the forward runs under ``torch.no_grad()``, so a
-            frozen encoder stores no activations.
+        frozen: parameters get ``requires_grad=False`` and the forward runs under ``torch.inference_mode()``
+            (outputs cloned out of it, so the projector can still train on them): no activations stored. An
+            encoder whose parameters all have ``requires_grad=False`` (``freeze: [vision]``) runs the same way.
+        feature_cache: a directory: a frozen encoder keeps its per-sample output there
+            (:mod:`aurora.components.vision.cache`) and reads it back instead of running again.
         pre_norm: a norm applied to the embeddings before the first layer (CLIP's ``pre_layrnorm``), or None.
         num_prefix_tokens: tokens before the patches (CLIP's class token); they take part in merging like any
             token, the first one being the merge's protected token.
@@ -106,6 +115,7 @@ class MergingViT(VisionEncoder):
         frozen: bool = False,
         pre_norm: nn.Module | None = None,
         num_prefix_tokens: int = 0,
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -121,6 +131,13 @@ class MergingViT(VisionEncoder):
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
+        self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
+        self._fingerprint: tuple[tuple[int, ...], str] | None = None
+
+    @property
+    def is_frozen(self) -> bool:
+        """Frozen by ``frozen`` or because no parameter is trainable (``freeze: [vision]``)."""
+        return self.frozen or not any(p.requires_grad for p in self.parameters())
 
     def num_patches(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)
@@ -135,9 +152,75 @@ class MergingViT(VisionEncoder):
     def forward(self, pixels: Tensor) -> VisualTokens:
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (frames, 3, height, width), got {tuple(pixels.shape)}")
-        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+        if not self.is_frozen:
             return self._encode(pixels)
+        with torch.inference_mode():
+            vt = self._encode(pixels)
+        # inference tensors cannot be saved for backward: clone them out so the projector can train on them
+        return VisualTokens(*(None if t is None else t.clone() for t in (vt.tokens, vt.sizes, vt.source, vt.frames)))
 
+    # -- whole videos: the cache and the merge's video step ----------------------------------------------------
+    def encode_videos(self, pixels: Tensor, keys: list[str] | None = None) -> VisualTokens:
+        """(B, F, 3, H, W) -> :class:`VisualTokens` with the rows of one video consecutive and ``frames`` the
+        index of each token's frame within its video. ``keys`` (one per video) name the samples for the
+        feature cache (default: a hash of the pixels)."""
+        if pixels.dim() != 5:
+            raise ValueError(f"pixels must be (batch, frames, 3, height, width), got shape {tuple(pixels.shape)}")
+        f = pixels.shape[1]
+        vt = self._cached(pixels, keys) if self.feature_cache is not None else self(pixels.flatten(0, 1))
+        vt = self.merge.video(vt, f)
+        vt.frames = vt.frames % f
+        return vt
+
+    def cache_config(self) -> str:
+        """The hash the feature cache keys on: class, architecture config, layers run, prefix tokens, the merge's
+        settings and a fingerprint of the weights (recomputed when any parameter was modified in place)."""
+        version = tuple(p._version for p in self.parameters())
+        if self._fingerprint is None or self._fingerprint[0] != version:
+            self._fingerprint = (version, weights_fingerprint(self))
+        cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(vars(self.config))
+        return config_hash({"class": type(self).__name__, "config": cfg, "layers_run": len(self.layers),
+                            "prefix": self.num_prefix_tokens, "merge": self.merge.spec(),
+                            "weights": self._fingerprint[1]})
+
+    def _cached(self, pixels: Tensor, keys: list[str] | None) -> VisualTokens:
+        if not self.is_frozen:
+            raise ValueError("vision.feature_cache is set but the encoder is trainable: its features change every "
+                             "step; set vision.frozen: true (or freeze: [vision]) or drop feature_cache")
+        b, f, _, h, w = pixels.shape
+        if keys is None:
+            keys = [pixels_key(p) for p in pixels]
+        if len(keys) != b:
+            raise ValueError(f"{len(keys)} cache keys for {b} videos")
+        cache, config = self.feature_cache, self.cache_config()
+        need = ("tokens", "sizes") + (("source",) if self.merge.trace_source else ())
+        paths = [cache.path(str(k), config, f, h, w) for k in keys]
+        found = [cache.load(p, need) for p in paths]
+        miss = [i for i, d in enumerate(found) if d is None]
+        cache.hits += b - len(miss)
+        cache.misses += len(miss)
+        if miss:
+            out = self(pixels[miss].flatten(0, 1))
+            for j, i in enumerate(miss):
+                rows = slice(j * f, (j + 1) * f)
+                entry = {"tokens": out.tokens[rows], "sizes": out.sizes[rows]}
+                if out.source is not None:
+                    entry["source"] = out.source[rows]
+                cache.save(paths[i], entry)
+                found[i] = entry
+        dtype = found[miss[0]]["tokens"].dtype if miss else found[0]["tokens"].dtype
+        dev = pixels.device
+
+        def cat(name: str) -> Tensor | None:
+            if name not in need:
+                return None
+            return torch.cat([d[name].to(dev) for d in found]).to(dtype if name == "tokens" else found[0][name].dtype)
+
+        tokens, sizes = cat("tokens"), cat("sizes")
+        frames = torch.arange(b * f, device=dev)[:, None].expand(b * f, tokens.shape[1])
+        return VisualTokens(tokens=tokens, sizes=sizes, source=cat("source"), frames=frames)
+
+    # -- the layer loop ----------------------------------------------------------------------------------------
     def embed(self, pixels: Tensor) -> Tensor:
         """(F, 3, H, W) -> the tokens entering the first layer, ``hidden_states[0]``."""
         x = self.embeddings(pixels, interpolate_pos_encoding=True)
@@ -155,19 +238,20 @@ class MergingViT(VisionEncoder):
         merged = False
         last = len(self.layers) - 1
         for i, (layer, r) in enumerate(zip(self.layers, self.merge.schedule(n, len(self.layers)))):
-            x, keys = self._attention(layer, x, sizes if merged else None)
+            x, keys = self.attention(layer, x, sizes if merged else None)
             if r > 0:
                 if finalize is not None and i == last:
                     x, keys, sizes, source = self._merge_with_keys(x, keys, sizes, source, r)
                 else:
                     x, sizes, source = self.merge(x, keys, sizes, source, r)
                 merged = True
-            x = x + layer.mlp(layer.layer_norm2(x))
+            x = self.mlp(layer, x)
         if finalize is not None:
             # keys: the last run layer's head-averaged keys, lined up with x (merged alongside it when that layer
             # merged); None when no layer ran (feature_layer 0): merges that need a metric then use the tokens
             x, sizes, source = finalize(x, keys, sizes, source)
-        return VisualTokens(tokens=x, sizes=sizes, source=source)
+        frames = torch.arange(f, device=x.device)[:, None].expand(f, x.shape[1])
+        return VisualTokens(tokens=x, sizes=sizes, source=source, frames=frames)
 
     def _merge_with_keys(self, x: Tensor, keys: Tensor, sizes: Tensor, source: Tensor | None, r: int):
         """The layer's merge, with the keys carried as extra channels: they are merged (size-weighted average)
@@ -177,14 +261,26 @@ class MergingViT(VisionEncoder):
         both, sizes, source = self.merge(torch.cat([x, keys.to(x.dtype)], dim=-1), keys, sizes, source, r)
         return both[..., :c], both[..., c:], sizes, source
 
-    def _attention(self, layer: nn.Module, x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def proportional_attention(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor | None, scale: float) -> Tensor:
+        """softmax(q k^T * scale + log size) v over (F, heads, n, d); plain attention when ``sizes`` is None."""
+        bias = None if sizes is None else sizes.log().to(q.dtype)[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+    def attention(self, layer: nn.Module, x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor]:
         """Residual self-attention of one layer; proportional (+ log size) once tokens have been merged.
         Also returns the keys averaged over heads: the merge's similarity metric."""
         attn = layer.self_attn
         f, n, c = x.shape
         h = layer.layer_norm1(x)
         q, k, v = (proj(h).view(f, n, self.num_heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        bias = None if sizes is None else sizes.log().to(q.dtype)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+        out = self.proportional_attention(q, k, v, sizes, attn.scale)
         x = x + attn.out_proj(out.transpose(1, 2).reshape(f, n, c))
         return x, k.mean(dim=1)
+
+    def _attention(self, layer: nn.Module, x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.attention(layer, x, sizes)  # the name the tests and diagnostics use
+
+    def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """Residual MLP of one layer."""
+        return x + layer.mlp(layer.layer_norm2(x))

@@ -31,7 +31,8 @@ class ClipVision(MergingViT):
         merge: a merge spec from the ``MERGE`` registry (``{name: tome, keep_ratio: 0.1}``), or None; it must
             protect the first token (the class token).
         hidden_act: the MLP activation for random weights (CLIP's is ``quick_gelu``).
-        frozen: no gradients and no stored activations (``requires_grad=False``, forward under ``no_grad``).
+        frozen: no gradients and no stored activations (``requires_grad=False``, forward under ``inference_mode``).
+        feature_cache: a directory where a frozen encoder caches its per-sample output (see ``MergingViT``).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class ClipVision(MergingViT):
         merge: Mapping[str, Any] | str | None = None,
         attn_implementation: str = "sdpa",
         frozen: bool = False,
+        feature_cache: str | None = None,
     ) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -63,7 +65,7 @@ class ClipVision(MergingViT):
         body = getattr(hf, "vision_model", hf)  # older transformers nest the encoder one level down
         super().__init__(
             hf.config, body.embeddings, body.encoder.layers, feature_layer=feature_layer, merge=merge, frozen=frozen,
-            pre_norm=body.pre_layrnorm, num_prefix_tokens=1,
+            pre_norm=body.pre_layrnorm, num_prefix_tokens=1, feature_cache=feature_cache,
         )
         if not getattr(self.merge, "protect_first", True):
             raise ValueError(f"CLIP's class token must stay first: the merge must protect it (protect_first), got {self.merge!r}")

@@ -44,7 +44,8 @@ class SiglipVision(MergingViT):
         merge: a merge spec from the ``MERGE`` registry (``{name: tome, keep_ratio: 0.1}``), or None.
         position_init: for random weights, ``random`` (transformers' default) or ``sincos`` (2-D sine-cosine,
             still trainable): the better start when training from scratch. Ignored with ``pretrained``.
-        frozen: no gradients and no stored activations (``requires_grad=False``, forward under ``no_grad``).
+        frozen: no gradients and no stored activations (``requires_grad=False``, forward under ``inference_mode``).
+        feature_cache: a directory where a frozen encoder caches its per-sample output (see ``MergingViT``).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class SiglipVision(MergingViT):
         attn_implementation: str = "sdpa",
         position_init: str = "random",
         frozen: bool = False,
+        feature_cache: str | None = None,
     ) -> None:
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
@@ -81,4 +83,5 @@ class SiglipVision(MergingViT):
             elif position_init != "random":
                 raise ValueError(f"unknown position_init {position_init!r}; known: random, sincos")
         body = getattr(hf, "vision_model", hf)  # older transformers nest the encoder one level down
-        super().__init__(hf.config, body.embeddings, body.encoder.layers, feature_layer=feature_layer, merge=merge, frozen=frozen)
+        super().__init__(hf.config, body.embeddings, body.encoder.layers, feature_layer=feature_layer, merge=merge, frozen=frozen,
+                         feature_cache=feature_cache)

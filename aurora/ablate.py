@@ -1,0 +1,294 @@
+"""``aurora ablate``: a grid of training runs over a base recipe (orders x keep ratios x backbones ...), each cell
+trained on the training split and evaluated on the held-out test split, with per-category accuracy.
+
+    aurora ablate --grid recipes/ablations/order_keep.yaml --out runs/ablations/order_keep
+
+A grid file::
+
+    base: recipes/demo.yaml          # the recipe every cell starts from
+    overrides:                       # dotted keys applied to every cell (shorter training, ...)
+      trainer.max_steps: 200
+    axes:                            # the cells: every combination of the axes' values
+      - {name: order, key: model.merge.order, values: [original, size_ascending, size_descending]}
+      - {name: keep, key: model.merge.keep_ratio, values: [0.25]}
+      - {name: backbone, key: model.rnn, labels: [rwkv6], values: [{name: rwkv6, d_model: 128, ...}]}
+
+A value that is a mapping replaces the key's whole value (a backbone's arguments differ); ``labels`` name such
+values in the tables. ``base`` is resolved like ``--config`` (a file, else a packaged recipe).
+
+Each cell writes ``<out>/cells/<cell>/config.yaml`` (the resolved recipe) and, when finished,
+``result.json`` (atomically): a cell whose result exists is skipped, so an interrupted grid resumes where it
+stopped. ``<out>/results.csv``, ``results.md`` (a Markdown table) and ``results.png`` (per-category accuracy of
+every cell) are rewritten from all finished cells at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aurora.recipes import resolve
+
+RESULT = "result.json"
+
+
+class GridError(ValueError):
+    """A grid file that cannot be run: the message names the problem."""
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """``cfg[a][b][c] = value`` for ``key = "a.b.c"``, creating missing mappings."""
+    parts = key.split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise GridError(f"cannot set {key!r}: {p!r} is not a mapping in the recipe")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("name", json.dumps(value, sort_keys=True)))
+    return str(value)
+
+
+def load_grid(path: str | Path) -> dict[str, Any]:
+    """Read and check a grid file; returns ``{base, overrides, axes: [{name, key, values, labels}]}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise GridError(f"grid file not found: {path}")
+    grid = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(grid, dict):
+        raise GridError(f"{path}: a grid is a mapping with base, overrides and axes")
+    unknown = set(grid) - {"base", "overrides", "axes", "description"}
+    if unknown:
+        raise GridError(f"{path}: unknown grid keys {sorted(unknown)}; known: axes, base, description, overrides")
+    if "base" not in grid:
+        raise GridError(f"{path}: the grid needs a base recipe (base: recipes/demo.yaml)")
+    axes = grid.get("axes") or []
+    if not isinstance(axes, list) or not axes:
+        raise GridError(f"{path}: axes must be a non-empty list of {{name, key, values}}")
+    out = []
+    for i, ax in enumerate(axes):
+        if not isinstance(ax, dict) or not {"name", "key", "values"} <= set(ax):
+            raise GridError(f"{path}: axis {i} needs name, key and values, got {ax!r}")
+        values = ax["values"]
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{path}: axis {ax['name']!r} has no values")
+        labels = ax.get("labels") or [_label(v) for v in values]
+        if len(labels) != len(values):
+            raise GridError(f"{path}: axis {ax['name']!r} has {len(labels)} labels for {len(values)} values")
+        if len(set(map(str, labels))) != len(labels):
+            raise GridError(f"{path}: axis {ax['name']!r} has repeated labels {labels}; give distinct labels")
+        out.append({"name": str(ax["name"]), "key": str(ax["key"]), "values": values, "labels": [str(x) for x in labels]})
+    names = [a["name"] for a in out]
+    if len(set(names)) != len(names):
+        raise GridError(f"{path}: repeated axis names {names}")
+    return {"base": str(grid["base"]), "overrides": dict(grid.get("overrides") or {}), "axes": out,
+            "description": grid.get("description", "")}
+
+
+def cells(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values: ``{name, labels: {axis: label}, settings: {key: value}}``."""
+    out = []
+    for combo in itertools.product(*[range(len(a["values"])) for a in grid["axes"]]):
+        labels = {a["name"]: a["labels"][i] for a, i in zip(grid["axes"], combo)}
+        settings = {a["key"]: a["values"][i] for a, i in zip(grid["axes"], combo)}
+        name = "__".join(f"{k}={re.sub(r'[^A-Za-z0-9._-]+', '-', v)}" for k, v in labels.items())
+        out.append({"name": name, "labels": labels, "settings": settings})
+    return out
+
+
+def cell_config(grid: dict[str, Any], cell: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """The base recipe with the grid's overrides, the cell's settings, and its own output directory."""
+    cfg = yaml.safe_load(Path(resolve(grid["base"])).read_text())
+    for key, value in grid["overrides"].items():
+        set_dotted(cfg, key, value)
+    for key, value in cell["settings"].items():
+        set_dotted(cfg, key, value)
+    set_dotted(cfg, "trainer.default_root_dir", str(cell_dir))
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_cell(cfg_path: Path, log=print) -> dict[str, Any]:
+    """Train one cell, then evaluate: loss and token accuracy on the validation split, answer accuracy (overall
+    and per category) by generation on the held-out test split."""
+    from aurora.cli import AuroraCLI
+
+    cli = AuroraCLI(args=["--config", str(cfg_path)], run=False)
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    train_s = time.perf_counter() - t0
+    train_loss = trainer.callback_metrics.get("train/loss")
+    (val,) = trainer.validate(model, datamodule=dm, verbose=False)
+    (test,) = trainer.test(model, datamodule=dm, verbose=False)
+    vt_tokens = None
+    vision = model.model.vision
+    if hasattr(vision, "tokens_per_frame"):
+        vt_tokens = vision.tokens_per_frame(dm.image_size, dm.image_size)
+    result = {
+        "train_steps": int(trainer.global_step),
+        "train_seconds": round(train_s, 1),
+        "train_loss_last": None if train_loss is None else float(train_loss),
+        "val_loss": float(val["val/loss"]),
+        "val_token_acc": float(val["val/token_acc"]),
+        "accuracy": float(test["test/accuracy"]),
+        "chance": float(test["test/chance"]),
+        "per_category": {k.removeprefix("test/accuracy_"): float(v) for k, v in test.items()
+                         if k.startswith("test/accuracy_")},
+        "encoder_tokens_per_frame": vt_tokens,
+    }
+    log(f"[ablate] {cfg_path.parent.name}: accuracy {result['accuracy']:.3f} (chance {result['chance']:.3f}), "
+        f"val loss {result['val_loss']:.3f}, {result['train_steps']} steps in {train_s:.0f} s")
+    return result
+
+
+def run_grid(grid_path: str | Path, out: str | Path, log=print) -> list[dict[str, Any]]:
+    grid = load_grid(grid_path)
+    out = Path(out)
+    todo = cells(grid)
+    rows = []
+    for i, cell in enumerate(todo, 1):
+        cell_dir = out / "cells" / cell["name"]
+        result_path = cell_dir / RESULT
+        if result_path.is_file():
+            log(f"[ablate] {i}/{len(todo)} {cell['name']}: finished before, skipped")
+            rows.append(json.loads(result_path.read_text()))
+            continue
+        log(f"[ablate] {i}/{len(todo)} {cell['name']}: training")
+        cfg = cell_config(grid, cell, cell_dir)
+        cfg_path = cell_dir / "config.yaml"
+        _atomic_write(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
+        result = {"cell": cell["name"], "labels": cell["labels"], "settings": cell["settings"],
+                  **run_cell(cfg_path, log)}
+        _atomic_write(result_path, json.dumps(result, indent=2) + "\n")
+        rows.append(result)
+    write_reports(grid, rows, out)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def _categories(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(c for r in rows for c in r["per_category"]))
+
+
+def table_rows(grid: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    axes = [a["name"] for a in grid["axes"]]
+    cats = _categories(rows)
+    head = [*axes, "accuracy", *[f"acc {c}" for c in cats], "chance", "val loss", "val token acc",
+            "train loss (last)", "steps", "train s"]
+    body = []
+    for r in rows:
+        body.append([*[r["labels"][a] for a in axes], f"{r['accuracy']:.3f}",
+                     *[f"{r['per_category'].get(c, float('nan')):.3f}" for c in cats], f"{r['chance']:.3f}",
+                     f"{r['val_loss']:.3f}", f"{r['val_token_acc']:.3f}",
+                     "-" if r["train_loss_last"] is None else f"{r['train_loss_last']:.3f}",
+                     str(r["train_steps"]), f"{r['train_seconds']:.0f}"])
+    return head, body
+
+
+def write_reports(grid: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    head, body = table_rows(grid, rows)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    w.writerows(body)
+    _atomic_write(out / "results.csv", buf.getvalue())
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    _atomic_write(out / "results.md", "\n".join(md) + "\n")
+    write_plot(grid, rows, out / "results.png")
+
+
+def write_plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: overall and per-category accuracy of every cell, chance as a dashed line."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("aurora ablate: the plot needs matplotlib (pip install 'aurora-long[dev]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = ["overall", *_categories(rows)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.2))
+    width = 0.8 / len(cats)
+    for j, c in enumerate(cats):
+        ys = [r["accuracy"] if c == "overall" else r["per_category"].get(c, 0.0) for r in rows]
+        ax.bar([i + (j - (len(cats) - 1) / 2) * width for i in range(len(rows))], ys, width, label=c)
+    if rows:
+        ax.axhline(sum(r["chance"] for r in rows) / len(rows), color="black", ls="--", lw=1, label="chance")
+    axes = [a["name"] for a in grid["axes"] if len(a["values"]) > 1] or [grid["axes"][0]["name"]]
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(["\n".join(f"{a}={r['labels'][a]}" for a in axes) for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out answer accuracy")
+    steps = sorted({r["train_steps"] for r in rows})
+    ax.set_title(f"ablation grid ({len(rows)} cells, {'/'.join(map(str, steps))} training steps)", fontsize=10)
+    ax.legend(fontsize=8, ncol=len(cats) + 1, loc="upper right")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def ablate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aurora ablate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", required=True, help="the grid YAML (recipes/ablations/*.yaml)")
+    parser.add_argument("--out", required=True, help="output directory (cells/, results.csv/.md/.png)")
+    parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    args = parser.parse_args(argv)
+    try:
+        path = resolve(args.grid)  # the file itself, else a packaged recipe of that name
+        grid = load_grid(path)
+        if args.list:
+            for cell in cells(grid):
+                print(cell["name"])
+            return 0
+        rows = run_grid(path, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (GridError, FileNotFoundError) as e:
+        parser.error(str(e))
+    head, body = table_rows(grid, rows)
+    print("| " + " | ".join(head) + " |")
+    for row in body:
+        print("| " + " | ".join(row) + " |")
+    print(f"results written to {Path(args.out) / 'results.md'}, .csv and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(ablate_main(sys.argv[1:]))
