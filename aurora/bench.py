@@ -504,10 +504,16 @@ def bench_main(argv: list[str]) -> int:
         from aurora.bench_vision import bench_vision_main
 
         return bench_vision_main(argv[1:])
+    if argv and argv[0] == "memory":
+        from aurora.bench_memory import bench_memory_main
+
+        return bench_memory_main(argv[1:])
     parser = argparse.ArgumentParser(prog="aurora bench", description="Benchmarks.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("vision", help="ViT frames/s and visual tokens per frame vs the merge's keep ratio "
                    "(aurora bench vision --help)")
+    sub.add_parser("memory", help="streaming inference: peak memory and time vs frames, RNN vs transformer "
+                   "(aurora bench memory --help)")
     p = sub.add_parser("rnn", help="tokens/s, step latency and peak memory of the language backbones",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", type=lambda s: [x for x in s.split(",") if x], default=None,

@@ -78,5 +78,9 @@ def load_model(ckpt: str | os.PathLike):
     except (KeyError, ValueError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise CheckpointError(f"cannot build the model of {ckpt} from its hyperparameters: {msg}") from e
+    if hp.get("lora"):  # trained with LoRA adapters: the same adapter modules first, then every weight
+        from aurora.lit import apply_lora
+
+        apply_lora(model, dict(hp["lora"]))
     load_weights(model, blob, MODEL_PREFIX, "the model its hyperparameters describe")
     return model.eval(), dict(hp)

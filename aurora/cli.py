@@ -8,6 +8,7 @@
     aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
     aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
     aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt PATH] [--frames N] [--out merge.png]
+    aurora ask --ckpt C --video V.mp4 --question Q [--fps F | --frames N] [--save-state P | --load-state P]
     aurora ablate --grid recipes/ablations/order_keep.yaml --out DIR   (a grid of training runs, resumable)
 """
 from __future__ import annotations
@@ -153,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from aurora.viz import viz_main
 
         return viz_main(argv[1:])
+    if argv and argv[0] == "ask":
+        from aurora.stream import ask_main
+
+        return ask_main(argv[1:])
     if argv and argv[0] == "ablate":
         from aurora.ablate import ablate_main
 

@@ -84,35 +84,12 @@ def build_vision(recipe: Mapping[str, Any], ckpt: str | None = None) -> torch.nn
 def load_vision_weights(vision: torch.nn.Module, ckpt: str | os.PathLike) -> None:
     """Load the ``model.vision.*`` tensors of a Lightning checkpoint; every missing, unexpected or mis-shaped key is
     named in the error."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    from aurora.checkpoint import CheckpointError, load_weights
+
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors, or objects weights_only refuses
-        raise VizError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
-    if not isinstance(blob, Mapping) or not isinstance(blob.get("state_dict"), Mapping):
-        raise VizError(f"{path} is not a Lightning checkpoint: no 'state_dict' mapping")
-    sd = {k[len(CKPT_PREFIX):]: v for k, v in blob["state_dict"].items() if k.startswith(CKPT_PREFIX)}
-    if not sd:
-        prefixes = sorted({k.split(".")[0] + "." + k.split(".")[1] if k.count(".") else k for k in blob["state_dict"]})
-        raise VizError(f"{path} has no '{CKPT_PREFIX}*' weights; its keys start with: {', '.join(prefixes[:8])}")
-    own = vision.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{CKPT_PREFIX}{k}: checkpoint {tuple(sd[k].shape)} vs recipe {tuple(own[k].shape)}"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
-        if missing:
-            parts.append("missing " + ", ".join(CKPT_PREFIX + k for k in missing[:6]) + (" ..." if len(missing) > 6 else ""))
-        if unexpected:
-            parts.append("unexpected " + ", ".join(CKPT_PREFIX + k for k in unexpected[:6])
-                         + (" ..." if len(unexpected) > 6 else ""))
-        raise VizError(f"checkpoint {path} does not fit the recipe's vision encoder: " + " | ".join(parts))
-    vision.load_state_dict(sd, strict=True)
+        load_weights(vision, ckpt, CKPT_PREFIX, "the recipe's vision encoder")
+    except CheckpointError as e:
+        raise VizError(str(e)) from e
 
 
 def decode_frames(video: str | os.PathLike, num_frames: int) -> tuple[Tensor, list[int], int]:

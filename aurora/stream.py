@@ -1,0 +1,600 @@
+"""Streaming inference: answer a question about a video of any length with memory that does not grow with it.
+
+    aurora ask --ckpt runs/demo/checkpoints/last.ckpt --video V.mp4 --question "..." [--fps F | --frames N]
+               [--chunk-frames K] [--max-new-tokens N --temperature T --top-p P --seed S --stop S ...]
+               [--context TEXT] [--save-state P.safetensors | --load-state P.safetensors]
+    aurora ask --ckpt C --shards DIR_OR_GLOB --out preds.jsonl [--frames N | --fps F] [...]
+
+The video is decoded front to back (PyAV, no seeking), keeping only the sampled frames, ``--chunk-frames`` at a
+time; each chunk is preprocessed (:func:`aurora.data.video.to_pixels`), encoded and merged by the model's vision
+encoder and projector (:meth:`AuroraModel.encode_video`), and its visual tokens go straight into the language
+model, which carries its recurrent state from chunk to chunk (``hidden, state = rnn(embeds, state)``; feeding a
+sequence in pieces equals feeding it at once). No more than one chunk of frames or visual tokens is ever held:
+the memory is the model, one chunk's activations and the state, which for a linear RNN has a fixed size (for the
+``transformer`` baseline the state is its key/value cache, which grows with every token: the comparison
+``aurora bench memory`` draws).
+
+The prompt is the sandwich the model was trained with (:class:`aurora.data.prompt.PromptTemplate`): the text
+before the ``<video>`` placeholder, then the video chunk by chunk, then the text after, then generation, so the
+answer is token for token the one :meth:`AuroraModel.generate` gives on the same frames.
+
+State reuse. The sandwich puts the instruction before the video too, so the state after the video depends on
+it. A saved state is therefore "``before(context)`` + video", where ``context`` is the instruction read before the
+video (``--context``; by default the question itself, i.e. exactly the trained prompt). Asking a question ``Q``
+from a saved state feeds ``after(Q)`` and generates: the same answer as reading ``before(context)``, the video
+and ``after(Q)`` from scratch (the test checks it token for token). Use a generic context (e.g. "Describe the
+video.") to ask many questions about one video; the answer to ``Q`` then is the answer to the prompt
+``before(context) <video> after(Q)``, which differs from the trained prompt ``before(Q) <video> after(Q)``
+whenever ``context != Q``. A state file records the model's weight fingerprint, the preprocessing and the
+template; loading it into another model or setup is an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from aurora.data.prompt import PromptTemplate, Tokenizer, question_and_answer
+from aurora.data.video import (VideoDecodeError, VideoSource, iter_frame_chunks, probe_video, sample_indices,
+                               to_pixels)
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "aurora-stream-state/1"
+DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)  # the datamodule's defaults (SigLIP's normalisation)
+
+
+class StreamError(ValueError):
+    """Input the streaming engine cannot use: a state from another model, a merge that cannot be streamed, ..."""
+
+
+# ------------------------------------------------------------------------------------------------ state files
+
+
+def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, Tensor], Any]:
+    """A nested list / tuple / dict of tensors (and None, numbers, strings) -> (flat ``{key: tensor}``, a JSON
+    spec of the structure). Every backbone's state has this form; :func:`unflatten_state` inverts it."""
+    tensors: dict[str, Tensor] = {}
+
+    def walk(x: Any, key: str) -> Any:
+        if isinstance(x, Tensor):
+            tensors[key] = x
+            return {"t": "tensor", "k": key}
+        if isinstance(x, (list, tuple)):
+            return {"t": type(x).__name__, "v": [walk(v, f"{key}.{i}" if key else str(i)) for i, v in enumerate(x)]}
+        if isinstance(x, Mapping):
+            if not all(isinstance(k, str) for k in x):
+                raise TypeError(f"state dict keys must be strings, got {list(x)!r}")
+            return {"t": "dict", "v": {k: walk(v, f"{key}.{k}" if key else k) for k, v in x.items()}}
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return {"t": "value", "v": x}
+        raise TypeError(f"cannot store a {type(x).__name__} in a state file (at {key or 'the top'})")
+
+    return tensors, walk(state, prefix)
+
+
+def unflatten_state(tensors: Mapping[str, Tensor], spec: Any) -> Any:
+    """The nested state :func:`flatten_state` took apart."""
+    kind = spec["t"]
+    if kind == "tensor":
+        if spec["k"] not in tensors:
+            raise StreamError(f"state file lacks tensor {spec['k']!r}")
+        return tensors[spec["k"]]
+    if kind in ("list", "tuple"):
+        items = [unflatten_state(tensors, v) for v in spec["v"]]
+        return items if kind == "list" else tuple(items)
+    if kind == "dict":
+        return {k: unflatten_state(tensors, v) for k, v in spec["v"].items()}
+    if kind == "value":
+        return spec["v"]
+    raise StreamError(f"unknown entry {kind!r} in a state file's structure")
+
+
+@dataclass
+class VideoState:
+    """The language model's state after reading ``before(context)`` and a video: what ``--save-state`` writes.
+
+    ``logits`` (1, vocab) are those after the last video token (generation starts from them when the template
+    has no text after the video); ``meta`` says what was read (video, frames, sampling) and by which model and
+    preprocessing (checked on load)."""
+
+    state: Any
+    logits: Tensor
+    context: str
+    frames: int
+    positions: int  # tokens read: prefix text + visual tokens
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file (tensors + the structure and metadata as JSON in its header), atomically."""
+        from safetensors.torch import save_file
+
+        tensors, spec = flatten_state(self.state, "state")
+        # safetensors wants contiguous, unshared CPU tensors
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        tensors["logits"] = self.logits.detach().to("cpu").contiguous().clone()
+        header = {"format": STATE_FORMAT, "structure": spec, "context": self.context, "frames": self.frames,
+                  "positions": self.positions, "meta": self.meta}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={"aurora": json.dumps(header)})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "VideoState":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"state file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                header = json.loads((f.metadata() or {}).get("aurora", "null"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # not a safetensors file, truncated, ...
+            raise StreamError(f"cannot read state file {path} ({type(e).__name__}: {e})") from e
+        if not isinstance(header, dict) or header.get("format") != STATE_FORMAT:
+            raise StreamError(f"{path} is not an aurora state file (written by `aurora ask --save-state`)")
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        return cls(state=unflatten_state(tensors, header["structure"]), logits=tensors["logits"],
+                   context=header["context"], frames=header["frames"], positions=header["positions"],
+                   meta=header["meta"])
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+@dataclass
+class Generation:
+    """Decoding settings: greedy when ``temperature`` is 0, else sampling from softmax(logits / temperature)
+    restricted to the smallest set of tokens with probability >= ``top_p`` (nucleus), seeded by ``seed``.
+    Stops after ``max_new_tokens``, at ``eos_id``, or when the text contains a ``stop`` string (cut off)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: Sequence[str] = ("\n\n",)
+    eos_id: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Answer:
+    text: str  # the answer, stripped, cut at the stop string
+    tokens: list[int]  # every generated token (a stop string's tokens included, EOS not)
+    finish: str  # "stop", "eos" or "length"
+    scores: list[Tensor] | None = None  # the logits each token was chosen from (keep_scores)
+
+
+def next_token(logits: Tensor, temperature: float = 0.0, top_p: float = 1.0,
+               generator: torch.Generator | None = None) -> int:
+    """One token from (vocab,) logits: the argmax, or a seeded nucleus sample."""
+    if temperature == 0:
+        return int(logits.argmax(-1))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the first token is always kept
+        sorted_p = sorted_p * keep
+        return int(order[torch.multinomial(sorted_p, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+
+class StreamEngine:
+    """Streams videos through an :class:`~aurora.model.AuroraModel` (see the module docstring).
+
+    Args:
+        model: the model (its device and dtype are used as they are).
+        tokenizer, template: the text side (defaults: RWKV World tokenizer, the sandwich template).
+        image_size, mean, std: the preprocessing (:func:`to_pixels`); the image size defaults to the encoder's.
+        chunk_frames: frames decoded, encoded and read per step.
+        progress: a tqdm bar over the frames (on stderr).
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer | None = None, template: PromptTemplate | None = None,
+                 image_size: int | None = None, mean: Sequence[float] = DEFAULT_MEAN,
+                 std: Sequence[float] = DEFAULT_STD, chunk_frames: int = 16, progress: bool = False) -> None:
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.model = model.eval()
+        self.rnn = model.rnn
+        self.tokenizer = tokenizer or Tokenizer()
+        self.template = template or PromptTemplate()
+        if image_size is None:
+            config = getattr(model.vision, "config", None)
+            image_size = getattr(config, "image_size", None)
+            if image_size is None:
+                raise StreamError("the vision encoder does not say its image size: give image_size")
+        self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
+        self.chunk_frames, self.progress = chunk_frames, progress
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._fingerprint: str | None = None
+        self._check_streamable()
+
+    # -- what a state depends on ---------------------------------------------------------------------------
+    def _check_streamable(self) -> None:
+        """A video-wide ordering sorts all of a video's tokens as one row: chunks would sort within each chunk."""
+        merge = getattr(self.model.vision, "merge", None)
+        order = getattr(merge, "order", None)
+        try:
+            from aurora.components.merge.order import VIDEO, scope
+        except ImportError:  # an older merge package without orderings across frames
+            return
+        if order is not None and scope(order) == VIDEO:
+            name = getattr(merge, "order_name", getattr(order, "__name__", "?"))
+            raise StreamError(
+                f"merge order {name!r} sorts the tokens of a whole video as one row, which cannot be read in "
+                "chunks without holding every visual token; stream a model with a per-frame order "
+                "(e.g. size_ascending)")
+
+    def fingerprint(self) -> str:
+        """sha256 of the model's weights (computed once, on first use)."""
+        if self._fingerprint is None:
+            from aurora.components.vision.cache import weights_fingerprint
+
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+    def setup(self) -> dict[str, Any]:
+        """Everything besides the video and context that the state after the video depends on."""
+        merge = getattr(self.model.vision, "merge", None)
+        return {
+            "model": self.fingerprint(), "dtype": str(self.dtype).removeprefix("torch."),
+            "merge": merge.spec() if hasattr(merge, "spec") else type(merge).__name__,
+            "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+            "before": self.template.before, "after": self.template.after,
+        }
+
+    # -- reading -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def read_ids(self, ids: Sequence[int], state: Any = None) -> tuple[Tensor | None, Any]:
+        """Token ids through the language model; returns the last position's hidden state (None if no ids)."""
+        if not len(ids):
+            return None, state
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        hidden, state = self.rnn(self.rnn.embed(x), state)
+        return hidden[:, -1].clone(), state  # not a view: the rest of ``hidden`` is freed
+
+    @torch.no_grad()
+    def encode_chunk(self, frames: Tensor) -> Tensor:
+        """uint8 frames (k, H, W, 3) -> visual embeddings (1, k*n, d_model), as :meth:`AuroraModel.encode_video`."""
+        pixels = to_pixels(frames, self.image_size, self.mean, self.std)
+        video, vt = self.model.encode_video(pixels[None].to(self.device, self.dtype))
+        if vt.row_frames > 1 and frames.shape[0] % vt.row_frames:
+            raise StreamError(f"the merge groups {vt.row_frames} frames per row, but a chunk holds "
+                              f"{frames.shape[0]}: --chunk-frames ({self.chunk_frames}) and the number of frames "
+                              f"read must be multiples of {vt.row_frames}")
+        return video
+
+    def frame_indices(self, source: VideoSource, frames: int | None = None, fps: float | None = None) -> Sequence[int]:
+        """The sampled frame indices (a lazy sequence: nothing per frame is held)."""
+        return sample_indices(probe_video(source), num_frames=frames, fps=fps)
+
+    @torch.no_grad()
+    def read_video(self, source: VideoSource, context: str, frames: int | None = None, fps: float | None = None,
+                   name: str | None = None) -> VideoState:
+        """``before(context)`` then the video's sampled frames, chunk by chunk: the state after the video."""
+        indices = self.frame_indices(source, frames, fps)
+        prefix = self.tokenizer.encode(self.template.before.format(question=context))
+        last, state = self.read_ids(prefix)
+        positions = len(prefix)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(indices), unit="frame", desc="reading video", disable=not self.progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for chunk in iter_frame_chunks(source, indices, self.chunk_frames):
+                video = self.encode_chunk(chunk)
+                hidden, state = self.rnn(video.to(self.dtype), state)  # as AuroraModel.splice casts it
+                last, positions = hidden[:, -1].clone(), positions + video.shape[1]
+                bar.update(chunk.shape[0])
+                del video, hidden, chunk  # nothing of a chunk outlives it but the state
+        logits = self.rnn.logits(last)
+        meta = {"video": name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>"),
+                "indices": len(indices), "first_frame": indices[0], "last_frame": indices[-1],
+                "sampling": {"frames": frames, "fps": fps}}
+        return VideoState(state=state, logits=logits, context=context, frames=len(indices), positions=positions,
+                          meta=meta)
+
+    def check_state(self, vs: VideoState) -> None:
+        """A loaded state must come from this model, preprocessing and template."""
+        saved = (vs.meta or {}).get("setup")
+        if not saved:
+            raise StreamError("the state file has no record of the model it came from; it cannot be checked")
+        mine = self.setup()
+        diff = [k for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)]
+        if diff:
+            detail = "; ".join(f"{k}: state {saved.get(k)!r} vs now {mine.get(k)!r}" for k in diff
+                               if k != "model")
+            if "model" in diff:
+                detail = "the model's weights differ" + (f"; {detail}" if detail else "")
+            raise StreamError(f"the state was computed with another setup: {detail}")
+
+    # -- answering -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer(self, vs: VideoState, question: str, gen: Generation | None = None,
+               keep_scores: bool = False) -> Answer:
+        """``after(question)`` from the state after the video, then decoding. ``vs`` is left untouched (the
+        backbones return a new state), so several questions can be asked from one state."""
+        gen = gen or Generation(stop=(self.template.stop,) if self.template.stop else ())
+        after = self.tokenizer.encode(self.template.after.format(question=question))
+        last, state = self.read_ids(after, vs.state)
+        logits = self.rnn.logits(last) if last is not None else vs.logits
+        return self.decode(logits, state, gen, keep_scores)
+
+    @torch.no_grad()
+    def decode(self, logits: Tensor, state: Any, gen: Generation, keep_scores: bool = False) -> Answer:
+        """Generate from the last logits (1, vocab) and the state after them."""
+        generator = None
+        if gen.temperature > 0:
+            generator = torch.Generator(device=logits.device).manual_seed(gen.seed)
+        tokens: list[int] = []
+        scores: list[Tensor] = []
+        stops = [s for s in gen.stop if s]
+        finish, text = "length", ""
+        for _ in range(gen.max_new_tokens):
+            if keep_scores:
+                scores.append(logits[0].float().cpu())
+            tok = next_token(logits[0], gen.temperature, gen.top_p, generator)
+            if gen.eos_id is not None and tok == gen.eos_id:
+                finish = "eos"
+                break
+            tokens.append(tok)
+            text = self.tokenizer.decode(tokens)
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+                break
+            hidden, state = self.rnn(self.rnn.embed(torch.tensor([[tok]], device=logits.device)), state)
+            logits = self.rnn.logits(hidden[:, -1])
+        return Answer(text=text.strip(), tokens=tokens, finish=finish, scores=scores if keep_scores else None)
+
+    def ask(self, source: VideoSource, question: str, frames: int | None = None, fps: float | None = None,
+            gen: Generation | None = None, context: str | None = None, keep_scores: bool = False) -> Answer:
+        """One question about one video, read from scratch: the trained prompt when ``context`` is None."""
+        vs = self.read_video(source, question if context is None else context, frames, fps)
+        return self.answer(vs, question, gen, keep_scores)
+
+    def save_state(self, vs: VideoState, path: str | os.PathLike) -> Path:
+        """Write ``vs`` with this engine's setup (model fingerprint, preprocessing, template) for the load check."""
+        vs.meta = {**(vs.meta or {}), "setup": self.setup()}  # the fingerprint: one pass over the weights
+        return vs.save(path)
+
+    def load_state(self, path: str | os.PathLike) -> VideoState:
+        """A saved state, checked against this engine's setup (same weights, dtype, preprocessing, template)."""
+        vs = VideoState.load(path, self.device)
+        self.check_state(vs)
+        return vs
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def find_run_config(ckpt: str | os.PathLike) -> Path | None:
+    """The ``config.yaml`` ``aurora fit`` wrote for the run of a checkpoint (``RUN/checkpoints/last.ckpt`` ->
+    ``RUN/config.yaml``), if there is one."""
+    ckpt = Path(ckpt).resolve()
+    for folder in (ckpt.parent, ckpt.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def data_settings(config: str | os.PathLike | None) -> dict[str, Any]:
+    """The data section of a recipe / run config (image size, mean, std, frames, template), or {}."""
+    if config is None:
+        return {}
+    from aurora.viz import _section, load_recipe
+
+    return _section(load_recipe(str(config)), "data")
+
+
+def engine_from_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike | None = None,
+                           chunk_frames: int = 16, device: str | None = None, dtype: str = "float32",
+                           progress: bool = False) -> tuple[StreamEngine, dict[str, Any]]:
+    """A :class:`StreamEngine` for a checkpoint written by ``aurora fit``; the preprocessing and template come
+    from ``config`` (default: the run's ``config.yaml`` beside the checkpoint, else the datamodule's defaults).
+    Returns the engine and ``{"hparams", "data", "config"}``."""
+    from aurora.checkpoint import load_model
+
+    model, hp = load_model(ckpt)
+    if config is None:
+        config = find_run_config(ckpt)
+    data = data_settings(config)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown dtype {dtype!r}; known: float32, bfloat16, float16")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device=dev, dtype=getattr(torch, dtype))
+    engine = StreamEngine(model, template=PromptTemplate(**(data.get("template") or {})),
+                          image_size=data.get("image_size"), mean=tuple(data.get("mean") or DEFAULT_MEAN),
+                          std=tuple(data.get("std") or DEFAULT_STD), chunk_frames=chunk_frames, progress=progress)
+    return engine, {"hparams": hp, "data": data, "config": str(config) if config else None}
+
+
+# ------------------------------------------------------------------------------------------------ many videos
+
+
+def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str | os.PathLike,
+                   frames: int | None = None, fps: float | None = None, gen: Generation | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+    """Answer the question of every sample of a WebDataset shard set (``KEY.mp4`` + ``KEY.json``) with the
+    streaming engine; JSON lines ``{id, question, answer, prediction}`` written to ``out`` atomically. A
+    sample that cannot be read (bad JSON, undecodable video) is skipped, counted by reason and logged."""
+    from aurora.data.shards import VideoQADataset
+
+    ds = VideoQADataset(shards, tokenizer=engine.tokenizer, template=engine.template)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    written = 0
+    try:
+        with tmp.open("w") as f:
+            for raw in ds.raw_samples():
+                key = raw.get("__key__", "?")
+                try:
+                    if "mp4" not in raw or "json" not in raw:
+                        raise KeyError(f"missing field .{'mp4' if 'mp4' not in raw else 'json'}")
+                    question, answer = question_and_answer(json.loads(raw["json"])["conversations"])
+                except (ValueError, KeyError, TypeError) as e:
+                    ds._skip("bad annotation", key, f"{type(e).__name__}: {e}")
+                    continue
+                try:
+                    pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen)
+                except VideoDecodeError as e:
+                    ds._skip("undecodable video", key, str(e))
+                    continue
+                f.write(json.dumps({"id": key, "question": question, "answer": answer,
+                                    "prediction": pred.text}) + "\n")
+                written += 1
+                if limit is not None and written >= limit:
+                    break
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"written": written, "skipped": dict(ds.skipped), "out": str(out)}
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aurora ask", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `aurora fit`")
+    p.add_argument("--config", default=None,
+                   help="recipe or run config for the preprocessing and template (default: the run's config.yaml "
+                        "beside the checkpoint, if any)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--video", help="a video file (.mp4 or anything PyAV reads)")
+    src.add_argument("--shards", help="WebDataset shards (directory, glob, brace pattern): answer every sample")
+    p.add_argument("--question", help="the question (required with --video / --load-state)")
+    p.add_argument("--context", default=None,
+                   help="instruction read BEFORE the video (default: the question: the trained prompt); a saved "
+                        "state holds it")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--fps", type=float, default=None, help="frames per second of video to read")
+    when.add_argument("--frames", type=int, default=None, help="frames spread uniformly over the video")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded, encoded and read per step")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length limit (default: the checkpoint's max_new_tokens, else 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop string (repeatable; default: the template's, '\\n\\n'); --stop '' for none")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--save-state", default=None, help="write the state after context + video here")
+    state.add_argument("--load-state", default=None, help="answer from a saved state instead of reading a video")
+    p.add_argument("--out", default=None, help="predictions JSONL (with --shards)")
+    p.add_argument("--limit", type=int, default=None, help="with --shards: at most this many samples")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--json", action="store_true", help="print the answer as a JSON record with details")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def ask_main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.shards:
+        if not args.out:
+            parser.error("--shards needs --out PREDICTIONS.jsonl")
+        if args.save_state or args.load_state:
+            parser.error("--save-state / --load-state work with one --video")
+    else:
+        if not args.question:
+            parser.error("--question is required")
+        if not args.video and not args.load_state:
+            parser.error("give --video (or --load-state, or --shards)")
+        if args.video and args.load_state:
+            parser.error("--load-state answers without reading a video: drop --video")
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    if args.fps is not None and args.fps <= 0:
+        parser.error(f"--fps must be > 0, got {args.fps}")
+    if args.chunk_frames < 1:
+        parser.error(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
+    from aurora.checkpoint import CheckpointError
+
+    try:
+        engine, info = engine_from_checkpoint(args.ckpt, args.config, args.chunk_frames, args.device, args.dtype,
+                                              progress=not args.no_progress)
+        hp, data = info["hparams"], info["data"]
+        stop = ([s for s in args.stop if s] if args.stop is not None
+                else [engine.template.stop] if engine.template.stop else [])
+        gen = Generation(max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None
+                         else int(hp.get("max_new_tokens") or 64),
+                         temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=tuple(stop))
+        frames, fps = args.frames, args.fps
+        if frames is None and fps is None:  # the training sampling when the run's config says it, else 1 fps
+            if data.get("num_frames"):
+                frames = int(data["num_frames"])
+            else:
+                fps = 1.0
+        how = ("a saved state" if args.load_state else
+               f"{frames} frames" if frames is not None else f"{fps:g} frames per second")
+        print(f"aurora ask: {args.ckpt} ({hp['rnn'].get('name')}), data settings from "
+              f"{info['config'] or 'the defaults'}, reading {how}, chunks of {args.chunk_frames} frames on "
+              f"{engine.device}", file=sys.stderr)
+        t0 = time.perf_counter()
+        if args.shards:
+            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit)
+            print(json.dumps(summary))
+            return 0
+        if args.load_state:
+            vs = engine.load_state(args.load_state)
+            if args.context is not None and args.context != vs.context:
+                raise StreamError(f"the state was read with the context {vs.context!r}, not {args.context!r}")
+        else:
+            vs = engine.read_video(args.video, args.question if args.context is None else args.context,
+                                   frames, fps)
+            if args.save_state:
+                print(f"state written to {engine.save_state(vs, args.save_state)}", file=sys.stderr)
+        ans = engine.answer(vs, args.question, gen)
+    except (StreamError, CheckpointError, VideoDecodeError, FileNotFoundError) as e:
+        print(f"aurora ask: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # settings the engine refused (sampling, dtype ...)
+        print(f"aurora ask: error: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"question": args.question, "answer": ans.text, "finish": ans.finish,
+                          "tokens": ans.tokens, "frames": vs.frames, "positions": vs.positions,
+                          "context": vs.context, "seconds": seconds}))
+    else:
+        print(ans.text)
+    print(f"{vs.frames} frames, {vs.positions} positions read before the question; {len(ans.tokens)} tokens "
+          f"generated ({ans.finish}) in {seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(ask_main(sys.argv[1:]))
