@@ -9,6 +9,7 @@
     aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
     aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt PATH] [--frames N] [--out merge.png]
     aurora ask --ckpt C --video V.mp4 --question Q [--fps F | --frames N] [--save-state P | --load-state P]
+    aurora eval --benchmark mvbench|videomme|egoschema|activitynet_qa|msvd_qa --annotations PATH --videos DIR --ckpt C --out DIR
     aurora ablate --grid recipes/ablations/order_keep.yaml --out DIR   (a grid of training runs, resumable)
 """
 from __future__ import annotations
@@ -158,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from aurora.stream import ask_main
 
         return ask_main(argv[1:])
+    if argv and argv[0] == "eval":
+        from aurora.evaluate import eval_main
+
+        return eval_main(argv[1:])
     if argv and argv[0] == "ablate":
         from aurora.ablate import ablate_main
 

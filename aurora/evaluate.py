@@ -1,0 +1,629 @@
+"""``aurora eval``: score a model on public video QA benchmarks, read in their own formats.
+
+    aurora eval --benchmark mvbench|videomme|egoschema|activitynet_qa|msvd_qa --annotations PATH --videos DIR
+                --ckpt C [--config R] [--frames N] [--limit K] [--max-new-tokens T] [--device D] --out DIR
+
+The loop (:func:`evaluate`) drives any engine through a predictor, ``predict(video_path, prompt_text) -> str``
+(it may also take ``segment=``, the part of the video a question is about); :class:`AuroraPredictor` is the
+default one, built from an Aurora Lightning checkpoint. Multiple-choice answers are read out of free text
+(:func:`extract_choice`) and scored as accuracy per task and overall; open-ended answers are scored by exact match
+after SQuAD normalisation and by token F1 (torchmetrics' SQuAD), with no LLM judge. Results go to
+``<out>/results.json`` and, in lmms-eval's layout, ``<out>/lmms_eval/<model>/<date>_results.json`` with one
+``<date>_samples_<task>.jsonl`` per task. See docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aurora.data.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Benchmark, BenchmarkFormatError, Sample,
+                                    Segment, read_benchmark)
+from aurora.data.video import VideoDecodeError, iter_frame_chunks, probe_video, to_pixels, uniform_indices
+from aurora.metrics import normalize_answer
+
+Predictor = Callable[..., str]  # predict(video_path: str, prompt_text: str[, segment=Segment]) -> str
+FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+INVALID = len(LETTERS)  # the class of a multiple-choice response that names no option (or several)
+
+
+# ------------------------------------------------------------------------------------------------ frames
+
+
+def sample_frames(video: str | Path, num_frames: int, segment: Segment | None = None) -> Tensor:
+    """``num_frames`` frames of a video file or a folder of frames, uniform over the whole video or over
+    ``segment``, as uint8 (F, H, W, 3). A file is read front to back keeping only the chosen frames
+    (:func:`~aurora.data.video.iter_frame_chunks`), so an hour-long video costs no more memory than a short one;
+    the indices are :func:`uniform_indices`, as in training. Raises FileNotFoundError or
+    :class:`VideoDecodeError` naming the video."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    path = Path(video)
+    if path.is_dir():
+        return _sample_frame_folder(path, num_frames, segment)
+    try:
+        info = probe_video(path)
+        idx = _segment_indices(info.frames, num_frames, segment, info.fps)
+        return torch.cat(list(iter_frame_chunks(path, idx, len(idx))))
+    except VideoDecodeError as e:
+        raise VideoDecodeError(f"{path}: {e}") from e
+
+
+def _segment_indices(total: int, num: int, segment: Segment | None, fps: float | None) -> list[int]:
+    if segment is not None and fps:
+        lo = max(0, round(segment.start * fps))
+        hi = min(total, round(segment.end * fps))
+        if hi > lo:
+            return [lo + i for i in uniform_indices(hi - lo, num)]
+    return uniform_indices(total, num)
+
+
+def _sample_frame_folder(path: Path, num: int, segment: Segment | None) -> Tensor:
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTS)
+    if not files:
+        raise VideoDecodeError(f"{path}: frame folder holds no images ({', '.join(FRAME_EXTS)})")
+    idx = _segment_indices(len(files), num, segment, segment.fps if segment else None)
+    try:
+        frames = [np.asarray(Image.open(files[i]).convert("RGB")) for i in idx]
+        return torch.from_numpy(np.stack(frames))
+    except Exception as e:  # unreadable image, or frames of different sizes
+        raise VideoDecodeError(f"{path}: cannot read frames ({type(e).__name__}: {e})") from e
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+@dataclass
+class PromptBuilder:
+    """The question text handed to the predictor (the model's own template, e.g. the sandwich prompt, wraps it).
+    Multiple choice lists the options as ``(A) text`` lines and asks for the letter, as MVBench's and
+    lmms-eval's prompts do; open-ended questions ask for a short answer (lmms-eval's ActivityNet-QA prompt)."""
+
+    mc_before: str = ""
+    mc_after: str = "Answer with the option's letter from the given choices directly."
+    open_after: str = "Answer the question using a single word or phrase."
+
+    def __call__(self, sample: Sample) -> str:
+        if sample.options is None:
+            return "\n".join(p for p in (sample.question.strip(), self.open_after) if p)
+        lines = [self.mc_before, sample.question.strip(), "Options:"]
+        lines += [f"({LETTERS[i]}) {opt}" for i, opt in enumerate(sample.options)]
+        lines.append(self.mc_after)
+        return "\n".join(line for line in lines if line)
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The option a response names: ``index`` (None when it names none or several) and how it was found:
+    ``letter``, ``text`` (an option's text, no letter), ``ambiguous`` (several options) or ``none``."""
+
+    index: int | None
+    how: str
+
+
+_BARE = re.compile(r"^[\s(\[]*([A-Za-z])[\s)\].:]*$")  # "B", "(B)", "B.", "b)"
+_LEAD = re.compile(r"^[\s(\[]*([A-Za-z])(?:[)\].:]|\s*-\s)\s*(.*)$", re.S)  # "B. dog", "(b) dog", "B) dog"
+_PHRASE = re.compile(r"\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be))?\s*[:：]?\s*([(\[]?)"
+                     r"([A-Za-z])(?![A-Za-z'])", re.I)  # "The answer is B", "answer: b) dog", "option (C)"
+_CAPITAL = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")  # a standalone capital letter
+
+
+def extract_choice(response: str, options: Sequence[str]) -> Choice:
+    """Which of ``options`` a free-text response names.
+
+    In order: the response is just a letter ("B", "(B)", "B."); an answer phrase ("The answer is B",
+    "answer: b) dog"); a leading letter ("B. dog"); then an option's text without a letter ("the dog") and a
+    standalone capital letter in a sentence ("I think B"), which must agree when both appear. A response naming
+    more than one option, or a letter whose text is another option's, is ``ambiguous``: scored wrong and
+    counted.
+    """
+    text = response.strip()
+    valid = LETTERS[: len(options)]
+    if not text:
+        return Choice(None, "none")
+    norm_opts = [normalize_answer(o) for o in options]
+
+    def letters_found(found: list[str]) -> Choice | None:
+        found = [f.upper() for f in found if len(f) == 1 and f.upper() in valid]
+        if not found:
+            return None
+        if len(set(found)) > 1:
+            return Choice(None, "ambiguous")
+        return Choice(valid.index(found[0]), "letter")
+
+    m = _BARE.match(text)
+    if m and m.group(1).upper() in valid:
+        return Choice(valid.index(m.group(1).upper()), "letter")
+    phrase = [m for m in _PHRASE.finditer(text) if m.group(1) or not _article(m.group(2), text[m.end():])]
+    found = letters_found([m.group(2) for m in phrase] + [_alternative(text[m.end():]) for m in phrase])
+    if found is not None:
+        return found
+    m = _LEAD.match(text)
+    if m and m.group(1).upper() in valid:
+        if letters_found([m.group(1), _alternative(text[m.end(1):])]).index is None:
+            return Choice(None, "ambiguous")  # "(A) or (B)"
+        i = valid.index(m.group(1).upper())
+        rest = normalize_answer(m.group(2))
+        if rest and rest != norm_opts[i] and rest in norm_opts:
+            return Choice(None, "ambiguous")  # "(B) cat" when cat is option A
+        return Choice(i, "letter")
+    by_text = _options_in_text(normalize_answer(text), norm_opts)
+    caps = letters_found([m.group(1) for m in _CAPITAL.finditer(text) if not _article(m.group(1), text[m.end():])])
+    if len(by_text) > 1 or (caps is not None and caps.index is None):
+        return Choice(None, "ambiguous")
+    if by_text and caps is not None:  # "B, the dog": the letter and the text must agree
+        return caps if caps.index == by_text[0] else Choice(None, "ambiguous")
+    if by_text:
+        return Choice(by_text[0], "text")
+    return caps if caps is not None else Choice(None, "none")
+
+
+_ALTERNATIVE = re.compile(r"[\s)\].]*(?:or|and|/|,)\s*[(\[]?([A-Za-z])(?![A-Za-z'])")
+
+
+def _alternative(after: str) -> str:
+    """The letter of a second option offered right after the first ("A or C", "(A)/(B)"), else ""."""
+    m = _ALTERNATIVE.match(after)
+    return m.group(1) if m else ""
+
+
+def _article(letter: str, after: str) -> bool:
+    """Whether ``letter`` followed by ``after`` reads as the word "a" or "I" ("a dog", "I think"), not an option
+    letter ("A or B" still names A)."""
+    return (letter in "aAI" and re.match(r"\s+[A-Za-z]", after) is not None
+            and re.match(r"\s+(?:or|and|nor)\b", after) is None)
+
+
+def _options_in_text(text: str, options: list[str]) -> list[int]:
+    """Options whose (normalised) text appears in ``text`` as whole words; a match inside a longer matching
+    option ("dog" inside "hot dog") does not count."""
+    spans = []
+    for i, opt in enumerate(options):
+        if opt:
+            for m in re.finditer(rf"(?<!\S){re.escape(opt)}(?!\S)", text):
+                spans.append((m.start(), m.end(), i))
+    keep = {i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)}
+    return sorted(keep)
+
+
+def open_ended_scores(prediction: str, answer: str) -> tuple[float, float]:
+    """(exact match, token F1) in [0, 1], SQuAD-normalised (lower case, no punctuation or articles)."""
+    from torchmetrics.functional.text import squad
+
+    out = squad({"prediction_text": prediction, "id": "0"},
+                {"answers": {"answer_start": [0], "text": [answer]}, "id": "0"})
+    return float(out["exact_match"]) / 100, float(out["f1"]) / 100
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Report:
+    """Everything one evaluation produced: the per-sample records and the scores."""
+
+    benchmark: Benchmark
+    records: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    per_task: dict[str, dict[str, Any]]
+    per_group: dict[str, dict[str, dict[str, Any]]]
+    extraction: dict[str, int]
+    errors: list[dict[str, str]] = field(default_factory=list)
+    segments_ignored: int = 0
+    limit: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def metric_names(self) -> list[str]:
+        return ["accuracy"] if self.benchmark.kind == MULTIPLE_CHOICE else ["exact_match", "f1"]
+
+
+def _accepts_segment(predict: Predictor) -> bool:
+    try:
+        params = inspect.signature(predict).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "segment" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+class _Scores:
+    """torchmetrics accumulators, one per key (overall, each task, each group value)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.metrics: dict[tuple[str, str], Any] = {}
+
+    def _new(self):
+        if self.kind == MULTIPLE_CHOICE:
+            from torchmetrics.classification import MulticlassAccuracy
+
+            return MulticlassAccuracy(num_classes=INVALID + 1, average="micro")
+        from torchmetrics.text import SQuAD
+
+        return SQuAD()
+
+    def update(self, keys: list[tuple[str, str]], sample: Sample, response: str, choice: Choice | None) -> None:
+        for key in keys:
+            m = self.metrics.setdefault(key, self._new())
+            if self.kind == MULTIPLE_CHOICE:
+                pred = choice.index if choice is not None and choice.index is not None else INVALID
+                m.update(torch.tensor([pred]), torch.tensor([sample.answer_index]))
+            else:
+                m.update({"prediction_text": response, "id": sample.id},
+                         {"answers": {"answer_start": [0], "text": [sample.answer]}, "id": sample.id})
+
+    def compute(self, key: tuple[str, str]) -> dict[str, float]:
+        out = self.metrics[key].compute()
+        if self.kind == MULTIPLE_CHOICE:
+            return {"accuracy": float(out)}
+        return {"exact_match": float(out["exact_match"]) / 100, "f1": float(out["f1"]) / 100}
+
+
+def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
+             prompts: PromptBuilder | None = None, progress: bool = False) -> Report:
+    """Ask ``predict`` every question of ``bench`` (the first ``limit``), read out its answers and score them.
+    A video that fails to decode is counted in ``errors`` and left out of the scores (like a missing one)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    prompts = prompts or PromptBuilder()
+    samples = bench.samples[:limit] if limit is not None else bench.samples
+    with_segment = _accepts_segment(predict)
+    scores = _Scores(bench.kind)
+    records, errors, extraction = [], [], Counter()
+    segments_ignored = 0
+    start = time.perf_counter()
+    it = samples
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(samples, desc=bench.name, unit="q", file=sys.stderr)
+    for s in it:
+        prompt = prompts(s)
+        kwargs = {}
+        if s.segment is not None:
+            if with_segment:
+                kwargs["segment"] = s.segment
+            else:
+                segments_ignored += 1
+        try:
+            response = predict(s.video, prompt, **kwargs)
+        except (VideoDecodeError, FileNotFoundError) as e:
+            errors.append({"id": s.id, "video": s.video, "error": f"{type(e).__name__}: {e}"})
+            continue
+        if not isinstance(response, str):
+            raise TypeError(f"the predictor returned {type(response).__name__} for {s.id}; it must return a str")
+        rec: dict[str, Any] = {"id": s.id, "task": s.task, **({"groups": dict(s.groups)} if s.groups else {}),
+                               "video": s.video, "prompt": prompt, "answer": s.answer, "response": response}
+        keys = [("all", "all"), ("task", s.task)] + [(g, v) for g, v in s.groups.items()]
+        if bench.kind == MULTIPLE_CHOICE:
+            choice = extract_choice(response, s.options or ())
+            extraction[choice.how] += 1
+            rec["options"] = list(s.options or ())
+            rec["prediction"] = LETTERS[choice.index] if choice.index is not None else None
+            rec["extraction"] = choice.how
+            rec["accuracy"] = float(choice.index == s.answer_index)
+            scores.update(keys, s, response, choice)
+        else:
+            rec["exact_match"], rec["f1"] = open_ended_scores(response, s.answer)
+            scores.update(keys, s, response, None)
+        records.append(rec)
+    n = len(records)
+    metrics: dict[str, Any] = {"samples": n}
+    per_task: dict[str, dict[str, Any]] = {}
+    per_group: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    if n:
+        metrics.update(scores.compute(("all", "all")))
+        counts = Counter(r["task"] for r in records)
+        for task in sorted(counts):
+            per_task[task] = {**scores.compute(("task", task)), "samples": counts[task]}
+        for (g, v) in sorted(k for k in scores.metrics if k[0] not in ("all", "task")):
+            per_group[g][v] = {**scores.compute((g, v)),
+                               "samples": sum(1 for r in records if r.get("groups", {}).get(g) == v)}
+        first = "accuracy" if bench.kind == MULTIPLE_CHOICE else "exact_match"
+        metrics[f"{first}_task_mean"] = sum(t[first] for t in per_task.values()) / len(per_task)
+    return Report(benchmark=bench, records=records, metrics=metrics, per_task=per_task, per_group=dict(per_group),
+                  extraction=dict(extraction), errors=errors, segments_ignored=segments_ignored, limit=limit,
+                  seconds=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _stderr(values: list[float]) -> float | str:
+    """Standard error of the mean, as lmms-eval reports it (sample standard deviation / sqrt(n))."""
+    n = len(values)
+    if n < 2:
+        return "N/A"
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def _task_name(bench: str, task: str) -> str:
+    return f"{bench}_" + re.sub(r"[^a-z0-9]+", "_", task.lower()).strip("_")
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def lmms_eval_log(report: Report, model_name: str, model_args: str, gen_kwargs: Mapping[str, Any],
+                  date: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The results dict and the per-task sample rows in lmms-eval's layout: ``results`` per task and for the
+    benchmark as a group (metric keys ``"<metric>,none"`` with ``"<metric>_stderr,none"``), ``groups``,
+    ``group_subtasks``, ``configs``, ``versions``, ``n-shot``, ``higher_is_better``, ``n-samples``, ``config``."""
+    bench = report.benchmark
+    group = bench.name
+    names = report.metric_names
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in report.records:
+        by_task[_task_name(group, r["task"])].append(r)
+    all_tasks = sorted({_task_name(group, s.task) for s in bench.samples})
+    original = Counter(_task_name(group, s.task) for s in bench.samples)
+
+    def entry(alias: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"alias": alias}
+        for m in names:
+            vals = [r[m] for r in rows]
+            out[f"{m},none"] = sum(vals) / len(vals) if vals else None
+            out[f"{m}_stderr,none"] = _stderr(vals)
+        return out
+
+    results = {group: entry(group, report.records)}
+    for t in all_tasks:
+        results[t] = entry(f" - {t}", by_task.get(t, []))
+    higher = {m: True for m in names}
+    configs = {
+        t: {
+            "task": t, "tag": group, "dataset_path": ", ".join(bench.files), "test_split": "test",
+            "output_type": "generate_until", "num_fewshot": 0,
+            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in names],
+            "generation_kwargs": dict(gen_kwargs), "repeats": 1, "should_decontaminate": False,
+            "metadata": {"version": 0.0, "source": "aurora.evaluate"},
+        }
+        for t in all_tasks
+    }
+    log = {
+        "results": results,
+        "groups": {group: results[group]},
+        "group_subtasks": {group: all_tasks},
+        "configs": configs,
+        "versions": {group: "N/A", **{t: 0.0 for t in all_tasks}},
+        "n-shot": {t: 0 for t in all_tasks},
+        "higher_is_better": {group: higher, **{t: higher for t in all_tasks}},
+        "n-samples": {t: {"original": original[t], "effective": len(by_task.get(t, []))} for t in all_tasks},
+        "config": {"model": model_name, "model_args": model_args, "batch_size": 1, "batch_sizes": [],
+                   "device": None, "use_cache": None, "limit": report.limit, "bootstrap_iters": 0,
+                   "gen_kwargs": dict(gen_kwargs), "random_seed": 0, "numpy_seed": None, "torch_seed": None,
+                   "fewshot_seed": None},
+        "git_hash": _git_hash(),
+        "date": date,
+    }
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for t in all_tasks:
+        rows = []
+        for doc_id, r in enumerate(by_task.get(t, [])):
+            target = r["answer"]
+            doc = {k: r[k] for k in ("id", "task", "video", "answer") if k in r}
+            row = {"doc_id": doc_id, "target": str(target), "input": r["prompt"], "resps": [[r["response"]]],
+                   "filtered_resps": [r.get("prediction", r["response"])],
+                   "doc_hash": _hash(json.dumps(doc, indent=2, ensure_ascii=False)),
+                   "prompt_hash": _hash(r["prompt"]), "target_hash": _hash(str(target)),
+                   **{m: r[m] for m in names}, "id": r["id"], "video": r["video"]}
+            if "extraction" in r:
+                row["extraction"] = r["extraction"]
+            rows.append(row)
+        samples[t] = rows
+    return log, samples
+
+
+def write_results(report: Report, out: str | Path, settings: Mapping[str, Any] | None = None,
+                  model_name: str = "aurora", model_args: str = "",
+                  gen_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``<out>/results.json`` and the lmms-eval log (each file atomically); returns the summary written."""
+    from aurora.viz import _atomic_write
+
+    out = Path(out)
+    bench = report.benchmark
+    now = datetime.now()
+    date_id = now.strftime("%Y%m%d_%H%M%S")
+    log, samples = lmms_eval_log(report, model_name, model_args, gen_kwargs or {}, date_id)
+    model_dir = out / "lmms_eval" / re.sub(r"[^A-Za-z0-9_.-]+", "__", model_name)
+    start = time.time() - report.seconds
+    log.update({"task_hashes": {t: _hash("".join(f"sample_{i}" + s["doc_hash"] for i, s in enumerate(rows)))
+                                for t, rows in samples.items()},
+                "model_source": "aurora", "model_name": model_name, "model_name_sanitized": model_dir.name,
+                "start_time": start, "end_time": time.time(),
+                "total_evaluation_time_seconds": str(report.seconds)})
+    results_path = model_dir / f"{date_id}_results.json"
+    _atomic_write(results_path, lambda p: p.write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n"))
+    sample_paths = {}
+    for t, rows in samples.items():
+        path = model_dir / f"{date_id}_samples_{t}.jsonl"
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        _atomic_write(path, lambda p, text=text: p.write_text(text))
+        sample_paths[t] = str(path)
+    summary = {
+        "benchmark": bench.name,
+        "kind": bench.kind,
+        "metrics": report.metrics,
+        "per_task": report.per_task,
+        "per_group": report.per_group,
+        "extraction": report.extraction,
+        "counts": {"annotations": bench.records, "with_video": len(bench.samples), "limit": report.limit,
+                   "evaluated": len(report.records), "missing_videos": len(bench.missing_videos),
+                   "unlabelled": bench.unlabelled, "decode_errors": len(report.errors),
+                   "segments_ignored": report.segments_ignored},
+        "annotation_files": bench.files,
+        "settings": dict(settings or {}),
+        "protocol": PROTOCOL_NOTES[bench.kind],
+        "seconds": report.seconds,
+        "date": now.isoformat(timespec="seconds"),
+        "lmms_eval": {"results": str(results_path), "samples": sample_paths},
+        "missing_videos": bench.missing_videos,
+        "errors": report.errors,
+    }
+    _atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(summary, indent=2, ensure_ascii=False)
+                                                              + "\n"))
+    return summary
+
+
+PROTOCOL_NOTES = {
+    MULTIPLE_CHOICE: "accuracy: the option letter read out of the generated text (extract_choice); a response "
+                     "naming no option or several counts as wrong",
+    "open_ended": "exact match after SQuAD normalisation and token F1, no LLM judge; the official ActivityNet-QA "
+                  "protocol (Video-ChatGPT) scores with a GPT judge, so these figures are not comparable to it",
+}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def _find_recipe(ckpt: Path) -> Path | None:
+    """The config.yaml the training run wrote: beside the checkpoint or one folder up (runs/x/checkpoints/)."""
+    for p in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
+        if p.is_file():
+            return p
+    return None
+
+
+class AuroraPredictor:
+    """The default predictor: an Aurora model from a Lightning checkpoint, answering greedily.
+
+    The model is rebuilt from the checkpoint's hyperparameters and its weights loaded strictly
+    (:func:`aurora.checkpoint.load_model`). Frames are sampled uniformly (``frames``, default the recipe's
+    ``data.num_frames``) and preprocessed as in training (``data.image_size``, ``mean``, ``std``); the question
+    goes through the recipe's sandwich prompt template. The recipe is ``config`` or the ``config.yaml`` the
+    training run wrote next to its checkpoints; without one, the datamodule's defaults.
+    """
+
+    def __init__(self, ckpt: str | Path, config: str | None = None, frames: int | None = None,
+                 max_new_tokens: int | None = None, device: str = "cpu", dtype: str = "float32") -> None:
+        from aurora.checkpoint import load_model
+        from aurora.data.prompt import PromptTemplate, Tokenizer
+        from aurora.viz import _section, load_recipe
+
+        ckpt = Path(ckpt)
+        self.model, hp = load_model(ckpt)
+        recipe_path = config or _find_recipe(ckpt)
+        data = _section(load_recipe(str(recipe_path)), "data") if recipe_path else {}
+        self.num_frames = int(frames or data.get("num_frames") or 8)
+        self.image_size = int(data.get("image_size") or self.model.vision.config.image_size)
+        self.mean = tuple(data.get("mean") or (0.5, 0.5, 0.5))
+        self.std = tuple(data.get("std") or (0.5, 0.5, 0.5))
+        self.template = PromptTemplate(**(data.get("template") or {}))
+        self.tokenizer = Tokenizer()
+        self.max_new_tokens = int(max_new_tokens or hp.get("max_new_tokens") or 16)
+        self.stop = [self.tokenizer.encode(self.template.stop)] if self.template.stop else None
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.model.to(self.device, self.dtype).eval()
+        self.recipe = str(recipe_path) if recipe_path else None
+        self.ckpt = str(ckpt)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"ckpt": self.ckpt, "recipe": self.recipe, "frames": self.num_frames, "image_size": self.image_size,
+                "max_new_tokens": self.max_new_tokens, "device": str(self.device), "dtype": str(self.dtype),
+                "template": {"before": self.template.before, "after": self.template.after}}
+
+    @torch.no_grad()
+    def __call__(self, video_path: str, prompt_text: str, segment: Segment | None = None) -> str:
+        frames = sample_frames(video_path, self.num_frames, segment)
+        pixels = to_pixels(frames, self.image_size, self.mean, self.std)[None].to(self.device, self.dtype)
+        ids = torch.tensor([self.template.build_prompt(self.tokenizer, prompt_text)], device=self.device)
+        out = self.model.generate(pixels, ids, max_new_tokens=self.max_new_tokens, stop_ids=self.stop,
+                                  eos_id=self.tokenizer.eos_id)
+        return self.tokenizer.decode(out).strip()
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def format_report(summary: Mapping[str, Any]) -> str:
+    m, c = summary["metrics"], summary["counts"]
+    names = ["accuracy"] if summary["kind"] == MULTIPLE_CHOICE else ["exact_match", "f1"]
+    lines = [f"{summary['benchmark']}: {c['evaluated']} questions scored "
+             f"({c['missing_videos']} videos missing, {c['decode_errors']} undecodable, "
+             f"{c['unlabelled']} without answers)"]
+    if c["evaluated"]:
+        lines.append("  overall: " + ", ".join(f"{k} {m[k]:.4f}" for k in names)
+                     + f" (mean over tasks: {m[names[0] + '_task_mean']:.4f})")
+        width = max(len(t) for t in summary["per_task"])
+        for t, v in summary["per_task"].items():
+            lines.append(f"  {t:<{width}}  " + ", ".join(f"{k} {v[k]:.4f}" for k in names) + f"  (n={v['samples']})")
+    if summary["extraction"]:
+        lines.append("  answers read as: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["extraction"].items())))
+    return "\n".join(lines)
+
+
+def eval_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aurora eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS.names())
+    parser.add_argument("--annotations", required=True, help="the benchmark's annotation file or folder")
+    parser.add_argument("--videos", required=True, help="the folder holding the benchmark's videos")
+    parser.add_argument("--ckpt", required=True, help="an Aurora Lightning checkpoint (e.g. runs/x/checkpoints/last.ckpt)")
+    parser.add_argument("--config", default=None, help="recipe (default: the config.yaml the training run wrote)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the recipe's)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first K questions")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (default: the model's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--out", required=True, help="output folder for results.json and the lmms-eval log")
+    args = parser.parse_args(argv)
+    for name in ("frames", "limit", "max_new_tokens"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    from aurora.checkpoint import CheckpointError
+    from aurora.viz import VizError
+
+    try:
+        bench = read_benchmark(args.benchmark, args.annotations, args.videos)
+        print(bench.summary(), file=sys.stderr)
+        predictor = AuroraPredictor(args.ckpt, args.config, args.frames, args.max_new_tokens, args.device, args.dtype)
+    except (BenchmarkFormatError, CheckpointError, VizError, FileNotFoundError) as e:
+        print(f"aurora eval: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    report = evaluate(bench, predictor, limit=args.limit, progress=sys.stderr.isatty())
+    settings = {**predictor.settings, "annotations": args.annotations, "videos": args.videos,
+                "prompt": {"multiple_choice_after": PromptBuilder.mc_after, "open_ended_after": PromptBuilder.open_after}}
+    gen = {"max_new_tokens": predictor.max_new_tokens, "do_sample": False, "until": [predictor.template.stop]}
+    summary = write_results(report, args.out, settings, model_name=f"aurora_{Path(args.ckpt).stem}",
+                            model_args=f"pretrained={args.ckpt},frames={predictor.num_frames}", gen_kwargs=gen)
+    print(format_report(summary))
+    print(f"results written to {Path(args.out) / 'results.json'} (lmms-eval log: {summary['lmms_eval']['results']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(eval_main(sys.argv[1:]))
