@@ -88,12 +88,13 @@ def data_main(argv: list[str]) -> int:
     syn.add_argument("--size", type=int, default=64)
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--samples-per-shard", type=int, default=500)
+    syn.add_argument("--shape-size", type=float, default=0.14, help="shape radius as a fraction of the frame size")
     args = parser.parse_args(argv)
     from aurora.data.synthetic import write_synthetic_dataset
 
     manifest = write_synthetic_dataset(
         args.out, train=args.train, val=args.val, test=args.test, frames=args.frames, size=args.size,
-        seed=args.seed, samples_per_shard=args.samples_per_shard,
+        seed=args.seed, samples_per_shard=args.samples_per_shard, shape_size=args.shape_size,
     )
     print(json.dumps(manifest, indent=2))
     return 0

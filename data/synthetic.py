@@ -40,9 +40,13 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np
     raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
 
 
-def render(color: str, shape: str, direction: str, frames: int, size: int, rng: random.Random) -> np.ndarray:
-    """(frames, size, size, 3) uint8: the shape crossing the frame from one side towards the other."""
-    radius = size * 0.14
+def render(color: str, shape: str, direction: str, frames: int, size: int, rng: random.Random,
+           shape_size: float = 0.14) -> np.ndarray:
+    """(frames, size, size, 3) uint8: the shape crossing the frame from one side towards the other;
+    ``shape_size`` is the shape's radius as a fraction of the frame size."""
+    if not 0.02 <= shape_size <= 0.3:
+        raise ValueError(f"shape_size must be in [0.02, 0.3] (radius / frame size), got {shape_size}")
+    radius = size * shape_size
     margin = radius + size * 0.06
     travel = size - 2 * margin
     dx, dy = DIRECTIONS[direction]
@@ -69,14 +73,15 @@ def question_for(category: str, color: str, shape: str, direction: str) -> tuple
     raise ValueError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}")
 
 
-def generate(count: int, frames: int = 8, size: int = 64, seed: int = 0, prefix: str = "s") -> Iterator[dict[str, Any]]:
+def generate(count: int, frames: int = 8, size: int = 64, seed: int = 0, prefix: str = "s",
+             shape_size: float = 0.14) -> Iterator[dict[str, Any]]:
     """``count`` samples, categories balanced (round robin), attributes drawn at random."""
     rng = random.Random(seed)
     for i in range(count):
         color, shape, direction = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(DIRECTIONS))
         category = CATEGORIES[i % len(CATEGORIES)]
         question, answer, options = question_for(category, color, shape, direction)
-        video = render(color, shape, direction, frames, size, rng)
+        video = render(color, shape, direction, frames, size, rng, shape_size)
         yield {
             "id": f"{prefix}{i:07d}",
             "video": encode_mp4(video),
@@ -125,15 +130,17 @@ def write_synthetic_dataset(
     size: int = 64,
     seed: int = 0,
     samples_per_shard: int = 500,
+    shape_size: float = 0.14,
 ) -> dict[str, Any]:
     """Write the train/val/test splits (different random streams: held-out videos) and ``manifest.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = {"frames": frames, "size": size, "seed": seed, "samples_per_shard": samples_per_shard}
+    params = {"frames": frames, "size": size, "seed": seed, "samples_per_shard": samples_per_shard,
+              "shape_size": shape_size}
     manifest: dict[str, Any] = {"dataset": "aurora-synthetic-shapes", "params": params,
                                 "categories": list(CATEGORIES), "splits": {}}
     for split, count in (("train", train), ("val", val), ("test", test)):
-        samples = generate(count, frames, size, seed + SPLIT_SEEDS[split], prefix=f"{split}-")
+        samples = generate(count, frames, size, seed + SPLIT_SEEDS[split], prefix=f"{split}-", shape_size=shape_size)
         manifest["splits"][split] = write_shards(samples, out, split, samples_per_shard)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))

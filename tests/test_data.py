@@ -185,3 +185,18 @@ def test_datamodule_writes_synthetic_data_on_first_use(tmp_path):
     before = (tmp_path / "d" / "train-00000.tar").read_bytes()
     dm.prepare_data()  # a second call keeps what is there
     assert (tmp_path / "d" / "train-00000.tar").read_bytes() == before
+
+
+def test_shape_size_sets_the_radius_and_is_checked():
+    import random
+
+    from aurora.data.synthetic import render
+
+    areas = {}
+    for s in (0.1, 0.2):
+        v = render("red", "circle", "right", 2, 64, random.Random(0), shape_size=s)
+        areas[s] = int((v[0].sum(-1) > 0).sum())
+    # a circle's area grows with the square of its radius: about 4x from 0.1 to 0.2 of the frame
+    assert 3.5 < areas[0.2] / areas[0.1] < 4.5
+    with pytest.raises(ValueError, match="shape_size"):
+        render("red", "circle", "right", 2, 64, random.Random(0), shape_size=0.5)
