@@ -6,7 +6,7 @@ torch.manual_seed(0)
 ov = json.loads(sys.argv[1]); steps = int(sys.argv[2])
 rec = yaml.safe_load(open("recipes/demo.yaml")); m = rec["model"]
 m["vision"].update(ov.get("vision", {})); m["merge"].update(ov.get("merge", {}))
-data = torch.load("/tmp/aurora_demo_cache_f4.pt", weights_only=True)  # written by run.py (run it first)
+data = torch.load(__import__("os").environ.get("CACHE", "/tmp/aurora_demo_cache_f4.pt"), weights_only=True)  # written by run.py (run it first)
 from aurora.data.prompt import Tokenizer
 tok = Tokenizer()
 NAMES = {"shape": ["circle", "square", "triangle"], "motion": ["left", "right", "up", "down"]}
