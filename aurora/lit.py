@@ -132,6 +132,14 @@ class AuroraModule(L.LightningModule):
         return self.test_accuracy
 
     # -- steps ---------------------------------------------------------------------------------------------
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log the reader's skipped / truncated sample counts (this process's data stream) with the metrics."""
+        dm = getattr(self.trainer, "datamodule", None)
+        counts = getattr(dm, "data_counts", None)
+        if counts:
+            for name, n in sorted(counts.items()):
+                self.log("data/" + name.replace(" ", "_"), float(n), rank_zero_only=True)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.model(batch["pixels"], batch["input_ids"], batch["labels"])
         bs = batch["input_ids"].shape[0]

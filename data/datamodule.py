@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,6 +101,9 @@ class AuroraDataModule(L.LightningDataModule):
         # the training position of this rank: the epoch, and per worker (raw samples read, samples yielded)
         self.epoch, self._next_epoch = 0, 0
         self.positions: dict[int, tuple[int, int]] = {}
+        # training samples skipped or truncated by the reader so far ("skipped/<reason>", "truncated/<reason>"),
+        # summed over DataLoader workers; the LightningModule logs them (MLflow: data/skipped/...)
+        self.data_counts: Counter = Counter()
 
     # -- where the data is ---------------------------------------------------------------------------------
     @property
@@ -191,6 +195,9 @@ class AuroraDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "_pos" in batch:
             for worker, read, done in batch.pop("_pos"):
                 self.positions[worker] = max(self.positions.get(worker, (0, 0)), (read, done))
+        if isinstance(batch, dict) and "_skips" in batch:
+            for counts in batch.pop("_skips"):
+                self.data_counts.update(counts)
         return batch
 
     def _fingerprint(self) -> int | None:

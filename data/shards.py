@@ -140,6 +140,10 @@ class VideoQADataset(IterableDataset):
         self.skipped: Counter = Counter()
         self.truncated: Counter = Counter()
 
+    def _counts(self) -> Counter:
+        return Counter({f"skipped/{k}": v for k, v in self.skipped.items()}) + \
+            Counter({f"truncated/{k}": v for k, v in self.truncated.items()})
+
     def _skip(self, reason: str, key: str, detail: str) -> None:
         self.skipped[reason] += 1
         log.warning("skipping sample %s: %s (%s); skipped so far: %s", key, reason, detail, dict(self.skipped))
@@ -268,6 +272,7 @@ class VideoQADataset(IterableDataset):
         read_before, done = self.start.get(worker, (0, 0))
         if quota is not None and done >= quota:
             return
+        counted = self._counts()
         for index, raw in enumerate(self.raw_samples(rank, world, worker, workers)):
             if index < read_before:  # consumed before the resume: read past it without decoding
                 continue
@@ -279,6 +284,11 @@ class VideoQADataset(IterableDataset):
             done += 1
             if self.track_position:
                 sample["_pos"] = (worker, index + 1, done)
+                # the skips and truncations since the previous sample of this worker: DataLoader workers are other
+                # processes, so the counts travel with the samples to the training loop (which logs them)
+                now = self._counts()
+                sample["_skips"] = dict(now - counted)
+                counted = now
             yield sample
             if quota is not None and done >= quota:
                 return
@@ -302,4 +312,6 @@ def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
         out[key] = [s.get(key) for s in batch]
     if "_pos" in batch[0]:  # the data position, read (and removed) by AuroraDataModule.on_before_batch_transfer
         out["_pos"] = [s["_pos"] for s in batch]
+    if "_skips" in batch[0]:  # skipped / truncated samples counted by the reader, summed by the datamodule
+        out["_skips"] = [s["_skips"] for s in batch]
     return out

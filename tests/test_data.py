@@ -200,3 +200,27 @@ def test_shape_size_sets_the_radius_and_is_checked():
     assert 3.5 < areas[0.2] / areas[0.1] < 4.5
     with pytest.raises(ValueError, match="shape_size"):
         render("red", "circle", "right", 2, 64, random.Random(0), shape_size=0.5)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skips_in_dataloader_workers_reach_the_training_process(dataset_dir, tmp_path, workers):
+    """The reader counts skips inside DataLoader workers (other processes); the counts travel with the samples
+    and the datamodule sums them, so the LightningModule can log them (data/skipped/<reason>)."""
+    good = [dict(s) for s in wds.WebDataset(str(dataset_dir / "val-00000.tar"), shardshuffle=False)]
+    good = [{k: v for k, v in s.items() if k in ("__key__", "mp4", "json")} for s in good]
+    shards = []
+    for i in range(2):  # one broken shard per worker
+        shards.append(str(tmp_path / f"broken-{i}.tar"))
+        write_shard_with_broken_samples(tmp_path / f"broken-{i}.tar", good)
+    dm = AuroraDataModule(train_shards=shards, num_frames=2, image_size=32, batch_size=2, num_workers=workers,
+                          shuffle_buffer=0)
+    dm.setup("fit")
+    seen = 0
+    for batch in dm.train_dataloader():
+        batch = dm.on_before_batch_transfer(batch, 0)
+        assert "_skips" not in batch
+        seen += len(batch["id"])
+    assert seen == 2 * len(good)
+    # every skip before a yielded sample is counted once (write_shard_with_broken_samples ends on a good sample)
+    assert dict(dm.data_counts) == {"skipped/undecodable video": 4, "skipped/missing field .json": 2,
+                                    "skipped/bad annotation": 2}
