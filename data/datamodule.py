@@ -119,10 +119,19 @@ class AuroraDataModule(L.LightningDataModule):
         return list(m["categories"]) if m and "categories" in m else None
 
     def prepare_data(self) -> None:
-        if self.synthetic is not None and self.data_dir is not None and self.manifest is None:
-            from aurora.data.synthetic import write_synthetic_dataset
+        if self.synthetic is None or self.data_dir is None:
+            return
+        from aurora.data.synthetic import write_synthetic_dataset, synthetic_mismatch
 
+        m = self.manifest
+        if m is None:
             write_synthetic_dataset(self.data_dir, **self.synthetic)
+        elif (diff := synthetic_mismatch(m, self.synthetic)):
+            # never overwrite what is there: a stale dataset would silently train the wrong task
+            raise ValueError(
+                f"{self.data_dir} holds a synthetic dataset written with other settings ({diff}); delete it or "
+                f"point data.data_dir elsewhere to have it written with data.synthetic"
+            )
 
     def split_shards(self, split: str) -> str | list[str]:
         if self.shards[split] is not None:

@@ -121,6 +121,23 @@ def write_shards(samples: Iterator[dict[str, Any]], out_dir: Path, split: str, s
     return {"count": count, "shards": shards, "categories": dict(cats)}
 
 
+DEFAULT_PARAMS = {"frames": 8, "size": 64, "seed": 0, "samples_per_shard": 500, "shape_size": 0.14}
+
+
+def synthetic_mismatch(manifest: dict[str, Any], spec: dict[str, Any]) -> str:
+    """What differs between a written dataset's manifest and the arguments of :func:`write_synthetic_dataset`
+    (empty when it matches): the split sizes and the rendering parameters; a manifest written before a parameter
+    existed counts as that parameter's default."""
+    params = {**DEFAULT_PARAMS, **manifest.get("params", {})}
+    splits = {k: v.get("count") for k, v in manifest.get("splits", {}).items()}
+    diff = []
+    for key, want in spec.items():
+        have = splits.get(key) if key in ("train", "val", "test") else params.get(key)
+        if have != want:
+            diff.append(f"{key}: {have} written, {want} asked")
+    return ", ".join(diff)
+
+
 def write_synthetic_dataset(
     out_dir: str | Path,
     train: int = 3000,

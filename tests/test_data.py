@@ -224,3 +224,13 @@ def test_skips_in_dataloader_workers_reach_the_training_process(dataset_dir, tmp
     # every skip before a yielded sample is counted once (write_shard_with_broken_samples ends on a good sample)
     assert dict(dm.data_counts) == {"skipped/undecodable video": 4, "skipped/missing field .json": 2,
                                     "skipped/bad annotation": 2}
+
+
+def test_a_synthetic_dataset_written_with_other_settings_is_an_error_not_overwritten(tmp_path):
+    spec = {"train": 3, "val": 3, "test": 3, "frames": 2, "size": 32}
+    AuroraDataModule(data_dir=str(tmp_path), synthetic=spec).prepare_data()
+    before = (tmp_path / "train-00000.tar").read_bytes()
+    AuroraDataModule(data_dir=str(tmp_path), synthetic=spec).prepare_data()  # the same settings: kept
+    with pytest.raises(ValueError, match=r"shape_size: 0.14 written, 0.2 asked"):
+        AuroraDataModule(data_dir=str(tmp_path), synthetic={**spec, "shape_size": 0.2}).prepare_data()
+    assert (tmp_path / "train-00000.tar").read_bytes() == before
