@@ -1,16 +1,17 @@
 """Gated DeltaNet: the kernels against each other and fla's naive references, the model against fla's own
 GatedDeltaNetForCausalLM."""
 import json
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import aurora.types as aurora_types
+from _backbones import TINY, close, randomised, rel_err
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.gated_deltanet import GatedDeltaNet
 from aurora.components.rnn.gla import load_fla_state_dict
 from aurora.kernels.gated_delta import gated_delta, gated_delta_chunked, gated_delta_recurrent
-from aurora.registry import RNN
 
 
 def inputs(b=2, t=37, h=3, hv=None, n=8, dv=6, decay="mixed", beta_max=1.0, dtype=torch.float64, seed=0):
@@ -33,15 +34,6 @@ def inputs(b=2, t=37, h=3, hv=None, n=8, dv=6, decay="mixed", beta_max=1.0, dtyp
     beta = beta_max * torch.rand(b, t, hv, generator=gen, dtype=torch.float64)
     s0 = torch.randn(b, hv, n, dv, generator=gen, dtype=torch.float64)
     return tuple(x.to(dtype) for x in (q, k, v, g, beta, s0))
-
-
-def err(got, want):
-    """Max error relative to the largest magnitude of the reference (at least 1)."""
-    return (got.double() - want.double()).abs().max().item() / max(1.0, want.double().abs().max().item())
-
-
-def close(got, want, rtol):
-    return err(got, want) <= rtol
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -89,7 +81,7 @@ def test_strong_decay_fp32_forward_and_backward_stay_exact(decay):
     assert o32.dtype == s32.dtype == torch.float32
     assert close(o32, o64, 2e-6) and close(s32, s64, 2e-6)
     for name, a, b in zip("q k v g beta s0".split(), g32, g64):
-        assert torch.isfinite(a).all() and close(a, b, 2e-6), (name, err(a, b))
+        assert torch.isfinite(a).all() and close(a, b, 2e-6), (name, rel_err(a, b))
 
 
 def test_both_forms_equal_fla_naive_references():
@@ -112,7 +104,7 @@ def test_both_forms_equal_fla_naive_references():
         for o, s in (gated_delta_recurrent(q, k, v, g, beta, s0), gated_delta_chunked(q, k, v, g, beta, s0),
                      gated_delta_chunked(q, k, v, g, beta, s0, chunk_size=7)):
             for want_o, want_s in refs:
-                assert close(o, want_o, 1e-6) and close(s, want_s, 1e-6), (decay, err(o, want_o), err(s, want_s))
+                assert close(o, want_o, 1e-6) and close(s, want_s, 1e-6), (decay, rel_err(o, want_o), rel_err(s, want_s))
 
 
 def test_kernel_state_carried_across_pieces_equals_one_shot():
@@ -166,7 +158,7 @@ def test_fla_kernels_on_cuda_equal_the_chunked_form():
         want_o, want_s = gated_delta_chunked(*part)
         o, s = gated_delta(*part, backend="fla")
         assert o.dtype == torch.float32 and s.dtype == torch.float32
-        assert close(o, want_o, 5e-3) and close(s, want_s, 5e-3), (t, err(o, want_o), err(s, want_s))
+        assert close(o, want_o, 5e-3) and close(s, want_s, 5e-3), (t, rel_err(o, want_o), rel_err(s, want_s))
     grads = []
     for fn in (lambda *a: gated_delta_chunked(*a), lambda *a: gated_delta(*a, backend="fla")):
         leaves = [x.clone().requires_grad_(True) for x in xs]
@@ -174,91 +166,13 @@ def test_fla_kernels_on_cuda_equal_the_chunked_form():
         (o.pow(2).sum() + s.pow(2).sum()).backward()
         grads.append([x.grad for x in leaves])
     for name, a, b in zip("q k v g beta s0".split(), *grads):
-        assert close(a, b, 1e-2), (name, err(a, b))
+        assert close(a, b, 1e-2), (name, rel_err(a, b))
 
 
 # ------------------------------------------------------------------------------------------------ model
 
 
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every weight (norm gains, A_log and dt_bias included) so each code path carries signal."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (1.5 if name.endswith("bias") else scale))
-    return model
-
-
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=200, d_model=64, n_layer=2, n_head=2, head_dim=16) | kw
-    return randomised(GatedDeltaNet(**args)).to(dtype).eval()
-
-
-def test_model_three_uneven_pieces_equal_one_shot():
-    m = tiny(n_v_head=4)
-    x = torch.randn(2, 41, 64, dtype=torch.float64)
-    full, s_full = m(x)
-    outs, s = [], None
-    for a, b in [(0, 2), (2, 3), (3, 41)]:  # pieces shorter than the convolution: its state crosses them
-        h, s = m(x[:, a:b], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), full, 1e-10)
-    for got, want in zip(s, s_full):
-        assert [t.shape for t in got] == [(2, 2 * 32 + 4 * 32, 4), (2, 4, 16, 32)]
-        for a, b in zip(got, want):
-            assert close(a, b, 1e-10)
-    # and the state matters (both parts of it): from zeros, or with the conv state alone reset, differs
-    assert not close(m(x[:, 3:])[0], full[:, 3:], 1e-3)
-    _, s3 = m(x[:, :3])
-    reset = [(torch.zeros_like(c), S) for c, S in s3]
-    assert not close(m(x[:, 3:], reset)[0][:, :3], full[:, 3:6], 1e-3)
-
-
-def test_step_form_equals_chunked_form_in_the_model():
-    chunked, stepped = tiny(backend="chunked", chunk_size=8), tiny(backend="recurrent")
-    x = torch.randn(1, 23, 64, dtype=torch.float64)
-    (h1, s1), (h2, s2) = chunked(x), stepped(x)
-    assert close(h1, h2, 1e-10) and all(close(a, b, 1e-10) for la, lb in zip(s1, s2) for a, b in zip(la, lb))
-    # and token by token through the default dispatch (T == 1: the step form), from a chunked prefix
-    auto = tiny()
-    h, s = auto(x[:, :9])
-    outs = [h]
-    for i in range(9, 23):
-        h, s = auto(x[:, i:i + 1], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), h1, 1e-10)
-
-
-def test_gradients_reach_every_parameter_and_the_initial_state():
-    m = tiny(n_v_head=4, allow_neg_eigval=True).train()  # grouped value heads too
-    ids = torch.randint(0, 200, (2, 19))
-    state = [tuple(t.clone().normal_().requires_grad_(True) for t in layer)
-             for layer in m.init_state(2, None, dtype=torch.float64)]
-    h, _ = m(m.embed(ids), state)
-    F.cross_entropy(m.logits(h).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for layer in state for t in layer)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
-    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = m(x)
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 2  # one per block, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if n in ("model.embeddings.weight", "lm_head.weight"):  # not used by forward(embeds)
-            continue
-        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 2
+tiny = partial(tiny_backbone, "gated_deltanet")  # pieces, forms, gradients, empty input: test_backbone_contract.py
 
 
 def test_bf16_autocast_keeps_the_state_float32():
@@ -271,15 +185,11 @@ def test_bf16_autocast_keeps_the_state_float32():
     assert torch.isfinite(h).all() and close(h, want, 0.1)
 
 
-def test_registry_entry_and_constructor_errors():
-    built = RNN.build({"name": "gated_deltanet", "vocab_size": 10, "d_model": 32, "n_layer": 1, "n_head": 2,
-                       "head_dim": 8})
-    assert isinstance(built, GatedDeltaNet) and (built.d_model, built.vocab_size, built.n_layer) == (32, 10, 1)
+def test_sizes_state_shapes_and_constructor_errors():
+    built = GatedDeltaNet(vocab_size=10, d_model=32, n_layer=1, n_head=2, head_dim=8)
     assert built.head_v_dim == 16 and built.n_v_head == 2
-    with pytest.raises(KeyError, match="known rnn backbones: .*gated_deltanet"):
-        RNN.build({"name": "gated_deltanet9"})
-    with pytest.raises(ValueError, match="known backends: auto, chunked, recurrent, fla"):
-        GatedDeltaNet(vocab_size=10, d_model=32, n_layer=1, n_head=2, head_dim=8, backend="nope")
+    grouped = tiny(n_v_head=4)  # conv state (q, k, v channels, window), then the delta-rule state per value head
+    assert [t.shape for t in grouped.init_state(2)[0]] == [(2, 2 * 32 + 4 * 32, 4), (2, 4, 16, 32)]
     with pytest.raises(ValueError, match="n_v_head 3 must be a multiple of n_head 2"):
         GatedDeltaNet(vocab_size=10, d_model=32, n_layer=1, n_head=2, n_v_head=3, head_dim=8)
     with pytest.raises(ValueError, match="head_dim \\* expand_v = 12.5 is not an integer"):
@@ -288,16 +198,6 @@ def test_registry_entry_and_constructor_errors():
         GatedDeltaNet(vocab_size=10, d_model=32, n_layer=1, n_head=2, head_dim=8, output_gate_activation="relu")
     with pytest.raises(ValueError, match=r"conv state must be .* = \(1, 64, 4\); got \(1, 64, 3\)"):
         built(torch.randn(1, 3, 32), [(torch.zeros(1, 64, 3), torch.zeros(1, 2, 8, 16))])
-
-
-def test_empty_sequence_passes_the_state_through():
-    m = tiny()
-    x = torch.randn(1, 4, 64, dtype=torch.float64)
-    _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s
-    h, s3 = m(x[:, :0])
-    assert [[t.shape for t in layer] for layer in s3] == [[t.shape for t in layer] for layer in s]
 
 
 # ------------------------------------------------------------------- fla's own model and checkpoint format
@@ -376,7 +276,7 @@ def fla_model(fla_on_cpu, **cfg):
     torch.manual_seed(1)
     config = GatedDeltaNetConfig(**(dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_heads=2,
                                          head_dim=16) | cfg))
-    return randomised(GatedDeltaNetForCausalLM(config), seed=1).eval()
+    return randomised(GatedDeltaNetForCausalLM(config), seed=1, scales=TINY["gated_deltanet"].scales).eval()
 
 
 VARIANTS = [
@@ -408,7 +308,7 @@ def test_logits_equal_fla_gated_deltanet_from_its_saved_checkpoint(fla_on_cpu, t
         h2, s = ours(ours.embed(ids[:, 33:34]), s)
         h3, _ = ours(ours.embed(ids[:, 34:]), s)
     assert want.std() > 0.3
-    assert close(got, want, 1e-4), err(got, want)
+    assert close(got, want, 1e-4), rel_err(got, want)
     assert close(ours.logits(torch.cat([h1, h2, h3], 1)), want, 1e-4)
 
 
@@ -425,7 +325,7 @@ def test_our_checkpoint_loads_in_fla_and_round_trips(fla_on_cpu, tmp_path):
     with torch.no_grad():
         want = ref.eval()(ids, use_cache=False).logits
         got = ours.logits(ours(ours.embed(ids))[0])
-    assert close(got, want, 1e-4), err(got, want)
+    assert close(got, want, 1e-4), rel_err(got, want)
     back = GatedDeltaNet.from_checkpoint(tmp_path / "ours", backend="recurrent")
     assert back.backend == "recurrent" and back.config == ours.config
     assert all(torch.equal(back.state_dict()[k], v) for k, v in ours.state_dict().items())

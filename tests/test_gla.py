@@ -1,14 +1,15 @@
 """GLA: the kernels against each other and fla's naive reference, the model against fla's own GLAForCausalLM."""
 import json
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import aurora.types as aurora_types
+from _backbones import TINY, close, randomised
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.gla import GLA, load_fla_state_dict
 from aurora.kernels.gla import gla, gla_chunked, gla_recurrent
-from aurora.registry import RNN
 
 
 def inputs(b=2, t=37, h=3, n=8, dv=6, decay="mixed", dtype=torch.float64, seed=0):
@@ -28,12 +29,6 @@ def inputs(b=2, t=37, h=3, n=8, dv=6, decay="mixed", dtype=torch.float64, seed=0
         g = -torch.exp(raw - 2)
     s0 = torch.randn(b, h, n, dv, generator=gen, dtype=torch.float64)
     return tuple(x.to(dtype) for x in (q, k, v, g, s0))
-
-
-def close(got, want, rtol):
-    """Relative to the largest magnitude of the reference (outputs span many orders of magnitude)."""
-    err = (got.double() - want.double()).abs().max().item()
-    return err <= rtol * max(1.0, want.double().abs().max().item())
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -126,92 +121,12 @@ def test_dispatch_dtypes_and_errors():
 # ------------------------------------------------------------------------------------------------ model
 
 
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every weight (norm gains and gate biases included) so each code path carries signal."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (1.5 if name.endswith("bias") else scale))
-    return model
+tiny = partial(tiny_backbone, "gla")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
 
 
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=200, d_model=64, n_layer=2, n_head=2) | kw
-    return randomised(GLA(**args)).to(dtype).eval()
-
-
-def test_model_three_uneven_pieces_equal_one_shot():
-    m = tiny()
-    x = torch.randn(2, 41, 64, dtype=torch.float64)
-    full, s_full = m(x)
-    outs, s = [], None
-    for a, b in [(0, 5), (5, 6), (6, 41)]:
-        h, s = m(x[:, a:b], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), full, 1e-6)
-    for got, want in zip(s, s_full):
-        for a, b in zip(got, want):
-            assert close(a, b, 1e-6)
-    # and the state matters: starting the last piece from zeros gives something else
-    assert not close(m(x[:, 6:])[0], full[:, 6:], 1e-3)
-
-
-def test_step_form_equals_chunked_form_in_the_model():
-    chunked, stepped = tiny(backend="chunked", chunk_size=8), tiny(backend="recurrent")
-    x = torch.randn(1, 23, 64, dtype=torch.float64)
-    (h1, s1), (h2, s2) = chunked(x), stepped(x)
-    assert close(h1, h2, 1e-6) and all(close(a[0], b[0], 1e-6) for a, b in zip(s1, s2))
-
-
-def test_gradients_reach_every_parameter_and_the_initial_state():
-    m = tiny(n_kv_head=1).train()  # grouped keys / values too
-    ids = torch.randint(0, 200, (2, 19))
-    state = [tuple(t.clone().normal_().requires_grad_(True) for t in layer)
-             for layer in m.init_state(2, None, dtype=torch.float64)]
-    h, _ = m(m.embed(ids), state)
-    F.cross_entropy(m.logits(h).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for layer in state for t in layer)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
-    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = m(x)
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 2  # one per block, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if n in ("model.embeddings.weight", "lm_head.weight"):  # not used by forward(embeds)
-            continue
-        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 2
-
-
-def test_registry_entry_and_constructor_errors():
-    built = RNN.build({"name": "gla", "vocab_size": 10, "d_model": 32, "n_layer": 1, "n_head": 2})
-    assert isinstance(built, GLA) and built.d_model == 32 and built.vocab_size == 10 and built.n_layer == 1
-    with pytest.raises(KeyError, match="known rnn backbones: .*gla"):
-        RNN.build({"name": "gla9"})
-    with pytest.raises(ValueError, match="known backends: auto, chunked, recurrent, fla"):
-        GLA(vocab_size=10, d_model=32, n_layer=1, n_head=2, backend="nope")
+def test_constructor_errors():
     with pytest.raises(ValueError, match="multiples of n_head"):
         GLA(vocab_size=10, d_model=32, n_layer=1, n_head=3)
-
-
-def test_empty_sequence_passes_the_state_through():
-    m = tiny()
-    x = torch.randn(1, 4, 64, dtype=torch.float64)
-    _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s
 
 
 # ------------------------------------------------------------------- fla's own model and checkpoint format
@@ -253,7 +168,7 @@ def fla_model(fla_on_cpu, **cfg):
     GLAConfig, GLAForCausalLM = fla_on_cpu
     torch.manual_seed(1)
     config = GLAConfig(**(dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_heads=2) | cfg))
-    return randomised(GLAForCausalLM(config), seed=1).eval()
+    return randomised(GLAForCausalLM(config), seed=1, scales=TINY["gla"].scales).eval()  # as our tiny one
 
 
 @pytest.mark.parametrize("cfg", [{}, dict(num_kv_heads=1, expand_v=2.0, clamp_min=-0.05, num_hidden_layers=3)])

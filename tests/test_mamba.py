@@ -1,12 +1,14 @@
 """Mamba (v1): the selective-scan kernels against each other and transformers' reference scan, the model against
 transformers' MambaForCausalLM (its slow PyTorch path), and both checkpoint formats."""
 import json
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import aurora.types as aurora_types
+from _backbones import close, randomised
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.mamba import Mamba, load_state_dict
 from aurora.kernels.selective_scan import (
     initial_state_response,
@@ -14,7 +16,6 @@ from aurora.kernels.selective_scan import (
     selective_scan_chunked,
     selective_scan_recurrent,
 )
-from aurora.registry import RNN
 
 
 def inputs(b=2, d=6, n=5, t=37, decay="mixed", dtype=torch.float64, seed=0):
@@ -36,12 +37,6 @@ def inputs(b=2, d=6, n=5, t=37, decay="mixed", dtype=torch.float64, seed=0):
     else:
         A = -torch.exp(rnd(d, n) - 2)
     return tuple(x.to(dtype) for x in (u, delta, A, B, C, D, z, bias, h0))
-
-
-def close(got, want, rtol):
-    """Relative to the largest magnitude of the reference."""
-    err = (got.double() - want.double()).abs().max().item()
-    return err <= rtol * max(1.0, want.double().abs().max().item())
 
 
 def scan(fn, xs, **kw):
@@ -166,82 +161,20 @@ def test_dispatch_dtypes_errors_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every weight so each code path (A_log, D, norms, biases) carries signal."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return model
+tiny = partial(tiny_backbone, "mamba")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
 
 
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=300, d_model=64, n_layer=2, d_state=8) | kw
-    return randomised(Mamba(**args)).to(dtype).eval()
-
-
-def test_model_three_uneven_pieces_equal_one_shot():
+def test_the_oldest_conv_column_is_never_read():
+    """The conv state keeps d_conv columns (mamba_ssm / transformers' layout) but only the newest d_conv - 1 are
+    read: changing the oldest leaves the output exactly as it was; changing the next one does not."""
     m = tiny()
-    x = torch.randn(2, 41, 64, dtype=torch.float64)
-    full, s_full = m(x)
-    outs, s = [], None
-    for a, b in [(0, 2), (2, 3), (3, 41)]:  # the first piece is shorter than the convolution
-        h, s = m(x[:, a:b], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), full, 1e-10)
-    for got, want in zip(s, s_full):
-        for a, b in zip(got, want):
-            assert close(a, b, 1e-10)
-    # and the state matters (both parts): restarting the last piece from zeros gives something else
-    assert not close(m(x[:, 3:])[0], full[:, 3:], 1e-3)
-    _, s_mid = m(x[:, :3])
-    for keep_conv in (True, False):
-        partial = [(c if keep_conv else torch.zeros_like(c), torch.zeros_like(h) if keep_conv else h)
-                   for c, h in s_mid]
-        assert not close(m(x[:, 3:], partial)[0], full[:, 3:], 1e-3)
-
-
-def test_step_form_equals_chunked_form_in_the_model():
-    chunked, stepped = tiny(backend="chunked"), tiny(backend="recurrent")
-    x = torch.randn(1, 23, 64, dtype=torch.float64)
-    (a, sa), (b, sb) = chunked(x), stepped(x)
-    assert close(a, b, 1e-10)
-    assert all(close(p, q, 1e-10) for la, lb in zip(sa, sb) for p, q in zip(la, lb))
-
-
-def test_gradients_reach_every_parameter_and_the_initial_state():
-    m = tiny(tie_embeddings=False).train()
-    ids = torch.randint(0, 300, (2, 19))
-    state = [tuple(t.clone().normal_().requires_grad_(True) for t in layer)
-             for layer in m.init_state(2, None, dtype=torch.float64)]
-    h, _ = m(m.embed(ids), state)
-    F.cross_entropy(m.logits(h).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-    # the oldest column of the conv state is never read (it is kept for mamba_ssm / transformers parity)
-    assert all(c.grad[..., 1:].abs().sum() > 0 and c.grad[..., 0].abs().sum() == 0 for c, _ in state)
-    assert all(h.grad.abs().sum() > 0 for _, h in state)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
-    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = m(x)
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 2  # one per block, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if p.grad is None:  # the embedding / head: the model is fed embeddings and asked for hidden states
-            assert q.grad is None and n in ("backbone.embedding.weight", "lm_head.weight"), n
-        else:
-            assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 2
+    x = torch.randn(2, 9, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, s = m(x[:, :5])
+        want, _ = m(x[:, 5:], s)
+        for col, same in ((0, True), (1, False)):
+            moved = [(c.clone().index_fill_(-1, torch.tensor([col]), 3.0), h) for c, h in s]
+            assert torch.equal(m(x[:, 5:], moved)[0], want) == same, col
 
 
 def test_state_spaces_initialisation_and_tying():
@@ -258,23 +191,11 @@ def test_state_spaces_initialisation_and_tying():
         Mamba(vocab_size=100, d_model=32, n_layer=1).backbone.embedding.weight
 
 
-def test_registry_entry_and_unknown_backend():
-    built = RNN.build({"name": "mamba", "vocab_size": 10, "d_model": 32, "n_layer": 1})
-    assert isinstance(built, Mamba) and built.d_model == 32 and built.vocab_size == 10
-    with pytest.raises(KeyError, match="known rnn backbones: .*mamba"):
-        RNN.build({"name": "mamba9"})
-    with pytest.raises(ValueError, match="known backends: auto, chunked, recurrent, mamba_ssm"):
-        Mamba(vocab_size=10, d_model=32, n_layer=1, backend="nope")
-
-
-def test_empty_sequence_passes_the_state_through_and_bad_states_fail():
+def test_bad_states_are_named():
     m = tiny()
-    x = torch.randn(1, 4, 64, dtype=torch.float64)
-    _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s
+    _, s = m(torch.randn(1, 4, 64, dtype=torch.float64))
     with pytest.raises(ValueError, match="state of layer 0 must be"):
-        m(x, [(c[..., 1:], h) for c, h in s])
+        m(torch.randn(1, 4, 64, dtype=torch.float64), [(c[..., 1:], h) for c, h in s])
 
 
 # ----------------------------------------------------------------------- against transformers + checkpoints

@@ -1,14 +1,15 @@
 """Mamba-2: the SSD kernels against each other and independent references (transformers' torch path, fla's naive
 scalar-decay GLA), the model against transformers' Mamba2ForCausalLM and both community checkpoint formats."""
 import json
+from functools import partial
 
 import pytest
 import torch
 
-import aurora.types as aurora_types
+from _backbones import close, rel_err
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.mamba2 import Mamba2, load_state_dict, to_our_keys
 from aurora.kernels.ssd import ssd, ssd_chunked, ssd_recurrent
-from aurora.registry import RNN
 
 
 def inputs(b=2, t=37, h=4, p=8, g=2, n=6, decay="mixed", dtype=torch.float64, seed=0):
@@ -33,16 +34,6 @@ def inputs(b=2, t=37, h=4, p=8, g=2, n=6, decay="mixed", dtype=torch.float64, se
     return tuple(z.to(dtype) for z in (x, dt, A, B, C, D, s0))
 
 
-def close(got, want, rtol):
-    """Relative to the largest magnitude of the reference (outputs span many orders of magnitude)."""
-    err = (got.double() - want.double()).abs().max().item()
-    return err <= rtol * max(1.0, want.double().abs().max().item())
-
-
-def max_err(got, want):
-    return (got.double() - want.double()).abs().max().item() / max(1.0, want.double().abs().max().item())
-
-
 # ---------------------------------------------------------------------------------------------- kernels
 
 
@@ -59,7 +50,7 @@ def test_chunked_equals_recurrent_fp64(decay, chunk):
     y2, s2 = ssd_chunked(x, dt, A, B, C, D, s0, chunk_size=chunk)
     assert y2.dtype == s2.dtype == torch.float64 and y2.shape == x.shape and s2.shape == s0.shape
     assert torch.isfinite(y2).all() and torch.isfinite(s2).all()
-    assert close(y2, y1, 1e-6) and close(s2, s1, 1e-6), (max_err(y2, y1), max_err(s2, s1))
+    assert close(y2, y1, 1e-6) and close(s2, s1, 1e-6), (rel_err(y2, y1), rel_err(s2, s1))
 
 
 def test_chunked_recurrent_differ_when_they_should():
@@ -91,7 +82,7 @@ def test_strong_decay_fp32_forward_and_backward_stay_exact():
     assert all(torch.isfinite(g).all() for g in g32)
     assert close(y32, y64, 1e-4) and close(s32, s64, 1e-4)
     for name, a, b in zip("x dt A B C D s0".split(), g32, g64):
-        assert close(a, b, 1e-4), (name, max_err(a, b))
+        assert close(a, b, 1e-4), (name, rel_err(a, b))
 
 
 def test_both_forms_equal_transformers_torch_reference():
@@ -103,7 +94,7 @@ def test_both_forms_equal_transformers_torch_reference():
     want_y, want_s = mamba2_chunk_scan(x, dt, A, B, C, chunk_size=16, D=D, initial_states=s0,
                                        return_final_states=True)
     for y, s in (ssd_recurrent(x, dt, A, B, C, D, s0), ssd_chunked(x, dt, A, B, C, D, s0, chunk_size=8)):
-        assert close(y, want_y, 1e-4) and close(s, want_s, 1e-4), (max_err(y, want_y), max_err(s, want_s))
+        assert close(y, want_y, 1e-4) and close(s, want_s, 1e-4), (rel_err(y, want_y), rel_err(s, want_s))
 
     b, t, h, p = x.shape
     n = B.shape[-1]
@@ -168,75 +159,7 @@ def test_dispatch_dtypes_shape_checks_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every weight so each code path carries signal (norm gains, D, step sizes and decays too)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.5 if name.endswith(("A_log", "dt_bias"))
-                                                                        else scale))
-    return model
-
-
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=200, d_model=64, n_layer=2, d_state=16, head_dim=16, n_groups=2, chunk_size=8) | kw
-    return randomised(Mamba2(**args)).to(dtype).eval()
-
-
-def test_model_three_uneven_pieces_equal_one_shot():
-    m = tiny()
-    x = torch.randn(2, 41, 64, dtype=torch.float64)
-    full, s_full = m(x)
-    outs, s = [], None
-    for a, b in [(0, 5), (5, 6), (6, 41)]:  # the middle piece is shorter than the convolution's memory
-        h, s = m(x[:, a:b], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), full, 1e-6)
-    for got, want in zip(s, s_full):
-        for a, b in zip(got, want):
-            assert close(a, b, 1e-6)
-    # and the state matters: starting the last piece from zeros gives something else
-    assert not close(m(x[:, 6:])[0], full[:, 6:], 1e-3)
-
-
-def test_step_form_equals_chunked_form_in_the_model():
-    chunked, stepped = tiny(backend="chunked"), tiny(backend="recurrent")
-    x = torch.randn(1, 23, 64, dtype=torch.float64)
-    (h1, s1), (h2, s2) = chunked(x), stepped(x)
-    assert close(h1, h2, 1e-6)
-    assert all(close(a, b, 1e-6) for la, lb in zip(s1, s2) for a, b in zip(la, lb))
-
-
-def test_gradients_reach_every_parameter_and_the_initial_state():
-    m = tiny(tie_embeddings=False).train()
-    ids = torch.randint(0, 200, (2, 19))
-    state = [tuple(t.clone().normal_().requires_grad_(True) for t in layer)
-             for layer in m.init_state(2, None, dtype=torch.float64)]
-    h, _ = m(m.embed(ids), state)
-    torch.nn.functional.cross_entropy(m.logits(h).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for layer in state for t in layer)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
-    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = m(x)
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 2  # one per block, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if n.startswith(("embedding", "lm_head")):  # not used: the blocks read embeddings given to them
-            continue
-        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 2
+tiny = partial(tiny_backbone, "mamba2")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
 
 
 def test_state_spaces_initialisation():
@@ -253,28 +176,12 @@ def test_state_spaces_initialisation():
                                                      head_dim=16, tie_embeddings=False).tie_embeddings
 
 
-def test_registry_entry_and_bad_arguments():
-    built = RNN.build({"name": "mamba2", "vocab_size": 10, "d_model": 32, "n_layer": 1, "d_state": 8,
-                       "head_dim": 16})
-    assert isinstance(built, Mamba2) and built.d_model == 32 and built.vocab_size == 10 and built.n_head == 4
-    with pytest.raises(KeyError, match="known rnn backbones: .*mamba2"):
-        RNN.build({"name": "mamba3"})
-    with pytest.raises(ValueError, match="known backends: auto, chunked, recurrent, mamba_ssm, fla"):
-        Mamba2(vocab_size=10, d_model=32, n_layer=1, d_state=8, head_dim=16, backend="nope")
+def test_constructor_errors():
+    assert Mamba2(vocab_size=10, d_model=32, n_layer=1, d_state=8, head_dim=16).n_head == 4
     with pytest.raises(ValueError, match="not a multiple of head_dim"):
         Mamba2(vocab_size=10, d_model=32, n_layer=1, d_state=8, head_dim=24)
     with pytest.raises(ValueError, match="groups"):
         Mamba2(vocab_size=10, d_model=32, n_layer=1, d_state=8, head_dim=16, n_groups=3)
-
-
-def test_empty_sequence_passes_the_state_through():
-    m = tiny()
-    x = torch.randn(1, 4, 64, dtype=torch.float64)
-    _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s
-    with pytest.raises(ValueError, match="embeds must be"):
-        m(torch.randn(1, 4, 32, dtype=torch.float64))
 
 
 def test_bf16_model_runs_with_fp32_states():
@@ -319,7 +226,7 @@ def test_logits_and_states_equal_transformers_mamba2(capsys):
         want = hf(ids[:, :20], use_cache=True)
         hidden, state = ours(ours.embed(ids[:, :20]))
         got = ours.logits(hidden)
-    assert want.logits.std() > 0.3 and close(got, want.logits, 1e-4), max_err(got, want.logits)
+    assert want.logits.std() > 0.3 and close(got, want.logits, 1e-4), rel_err(got, want.logits)
     cache = want.cache
     for i, (conv_state, ssm_state) in enumerate(state):
         assert close(conv_state, cache.get_conv_state(i, state_idx=0)[..., 1:], 1e-5)  # theirs keeps d_conv inputs
@@ -328,13 +235,13 @@ def test_logits_and_states_equal_transformers_mamba2(capsys):
         for j in range(20, 29):
             w = hf(ids[:, j:j + 1], cache=cache, use_cache=True).logits[:, -1]
             h, state = ours(ours.embed(ids[:, j:j + 1]), state)
-            assert close(ours.logits(h)[:, -1], w, 1e-4), (j, max_err(ours.logits(h)[:, -1], w))
+            assert close(ours.logits(h)[:, -1], w, 1e-4), (j, rel_err(ours.logits(h)[:, -1], w))
 
     hf64, ours64 = hf.double(), ours.double()  # transformers runs its scan in fp32 even then: ~1e-6 is its floor
     with torch.no_grad():
         want = hf64(ids).logits
         got = ours64.logits(ours64(ours64.embed(ids))[0])
-    assert close(got, want, 3e-6), max_err(got, want)
+    assert close(got, want, 3e-6), rel_err(got, want)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -349,7 +256,7 @@ def test_transformers_save_pretrained_loads_with_the_same_logits(tmp_path, tie):
     with torch.no_grad():
         want = hf(ids).logits
         got = ours.logits(ours(ours.embed(ids))[0])
-    assert close(got, want, 1e-4), max_err(got, want)
+    assert close(got, want, 1e-4), rel_err(got, want)
 
 
 def state_spaces_config(hf):
@@ -378,7 +285,7 @@ def test_state_spaces_checkpoint_loads_with_the_same_logits(tmp_path):
     with torch.no_grad():
         want = hf(ids).logits
         got = ours.logits(ours(ours.embed(ids))[0])
-    assert close(got, want, 1e-4), max_err(got, want)
+    assert close(got, want, 1e-4), rel_err(got, want)
     # the weights file alone (no config.json beside it: n_groups unknown) loads when told the groups
     (tmp_path / "alone").mkdir()
     (tmp_path / "pytorch_model.bin").rename(tmp_path / "alone" / "weights.bin")

@@ -1,13 +1,13 @@
 """RWKV-6: the WKV kernels against each other and fla's references, the model against BlinkDL's `rwkv` package."""
-import os
+from functools import partial
 
 import pytest
 import torch
 
-import aurora.types as aurora_types
+from _backbones import close
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.rwkv6 import RWKV6, load_official_state_dict
 from aurora.kernels.rwkv6 import wkv6, wkv6_chunked, wkv6_recurrent
-from aurora.registry import RNN
 
 
 def inputs(b=2, t=37, h=3, n=8, decay="mixed", dtype=torch.float64, seed=0):
@@ -24,12 +24,6 @@ def inputs(b=2, t=37, h=3, n=8, decay="mixed", dtype=torch.float64, seed=0):
     u = torch.randn(h, n, generator=g, dtype=torch.float64)
     s0 = torch.randn(b, h, n, n, generator=g, dtype=torch.float64)
     return tuple(x.to(dtype) for x in (r, k, v, w, u, s0))
-
-
-def close(got, want, rtol):
-    """Relative to the largest magnitude of the reference (outputs span many orders of magnitude)."""
-    err = (got.double() - want.double()).abs().max().item()
-    return err <= rtol * max(1.0, want.double().abs().max().item())
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -128,71 +122,7 @@ def test_dispatch_dtypes_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every weight (zero-initialised projections included) so each code path carries signal."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if name.endswith("time_decay") else scale))
-    return model
-
-
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=500, d_model=64, n_layer=2, head_size=16) | kw
-    return randomised(RWKV6(**args)).to(dtype).eval()
-
-
-def test_model_three_uneven_pieces_equal_one_shot():
-    m = tiny()
-    x = torch.randn(2, 41, 64, dtype=torch.float64)
-    full, s_full = m(x)
-    outs, s = [], None
-    for a, b in [(0, 5), (5, 6), (6, 41)]:
-        h, s = m(x[:, a:b], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), full, 1e-6)
-    for got, want in zip(s, s_full):
-        for a, b in zip(got, want):
-            assert close(a, b, 1e-6)
-    # and the state matters: starting the last piece from zeros gives something else
-    assert not close(m(x[:, 6:])[0], full[:, 6:], 1e-3)
-
-
-def test_step_form_equals_chunked_form_in_the_model():
-    chunked, stepped = tiny(backend="chunked"), tiny(backend="recurrent")
-    x = torch.randn(1, 23, 64, dtype=torch.float64)
-    assert close(chunked(x)[0], stepped(x)[0], 1e-6)
-
-
-def test_gradients_reach_every_parameter_and_the_initial_state():
-    m = tiny().train()
-    ids = torch.randint(0, 500, (2, 19))
-    state = [tuple(t.clone().normal_().requires_grad_(True) for t in layer)
-             for layer in m.init_state(2, None, dtype=torch.float64)]
-    h, _ = m(m.embed(ids), state)
-    torch.nn.functional.cross_entropy(m.logits(h).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for layer in state for t in layer)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
-    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = m(x)
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 2  # one per block, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if p.grad is not None:
-            assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 2
+tiny = partial(tiny_backbone, "rwkv6")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
 
 
 def test_official_initialisation():
@@ -207,15 +137,6 @@ def test_official_initialisation():
     assert b0.att.time_maa_x[0, 0, 0] == 1 and b3.att.time_maa_v.max() < b0.att.time_maa_v.max()
     assert m.emb.weight.abs().max() <= 1e-4 and b0.att.ln_x.eps == 64e-5
     assert b0.ffn.key.weight.shape == (224, 64)  # int(64 * 3.5) // 32 * 32
-
-
-def test_registry_entry():
-    built = RNN.build({"name": "rwkv6", "vocab_size": 10, "d_model": 32, "n_layer": 1, "head_size": 16})
-    assert isinstance(built, RWKV6) and built.d_model == 32 and built.vocab_size == 10
-    with pytest.raises(KeyError, match="known rnn backbones: .*rwkv6"):
-        RNN.build({"name": "rwkv9"})
-    with pytest.raises(ValueError, match="known backends"):
-        RWKV6(vocab_size=10, d_model=32, n_layer=1, head_size=16, backend="nope")
 
 
 def test_logits_and_states_equal_the_rwkv_package_on_an_official_checkpoint(tmp_path, monkeypatch):
@@ -271,10 +192,3 @@ def test_official_checkpoint_loads_and_wrong_shapes_are_named(tmp_path):
     with pytest.raises(ValueError, match="not an official RWKV-6 checkpoint"):
         RWKV6.from_official({"emb.weight": sd["emb.weight"]})
 
-
-def test_empty_sequence_passes_the_state_through():
-    m = tiny()
-    x = torch.randn(1, 4, 64, dtype=torch.float64)
-    _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s

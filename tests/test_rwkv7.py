@@ -3,15 +3,16 @@
 import importlib.util
 import json
 import os
+from functools import partial
 
 import pytest
 import torch
 
-import aurora.components.rnn.rwkv7 as rwkv7_module
+from _backbones import close, randomised, rel_err
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.rwkv7 import (RWKV7, fla_to_official, load_official_state_dict, official_state_dict,
                                          to_fla_state_dict)
 from aurora.kernels.rwkv7 import wkv7, wkv7_chunked, wkv7_recurrent
-from aurora.registry import RNN
 
 
 def inputs(b=2, t=37, h=3, n=8, decay="mixed", dtype=torch.float64, seed=0):
@@ -34,15 +35,6 @@ def inputs(b=2, t=37, h=3, n=8, decay="mixed", dtype=torch.float64, seed=0):
     lr = torch.rand(b, t, h, n, generator=g, dtype=torch.float64)
     s0 = randn(b, h, n, n)
     return tuple(x.to(dtype) for x in (r, w, k, v, -kk, kk * lr, s0))
-
-
-def close(got, want, rtol):
-    """Relative to the largest magnitude of the reference (outputs span many orders of magnitude)."""
-    return rel_err(got, want) <= rtol
-
-
-def rel_err(got, want):
-    return (got.double() - want.double()).abs().max().item() / max(1.0, want.double().abs().max().item())
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -156,76 +148,7 @@ def test_dispatch_dtypes_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every weight (zero-initialised projections and LoRAs included) so each code path carries signal."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return model
-
-
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=200, d_model=64, n_layer=2, head_size=16, decay_lora=8, a_lora=8, v_lora=8,
-                gate_lora=16) | kw
-    return randomised(RWKV7(**args)).to(dtype).eval()
-
-
-def test_model_three_uneven_pieces_equal_one_shot():
-    m = tiny()
-    x = torch.randn(2, 41, 64, dtype=torch.float64)
-    full, s_full = m(x)
-    outs, s = [], None
-    for lo, hi in [(0, 5), (5, 6), (6, 41)]:
-        h, s = m(x[:, lo:hi], s)
-        outs.append(h)
-    assert close(torch.cat(outs, 1), full, 1e-9)
-    for got, want in zip(s, s_full):
-        for p, q in zip(got, want):
-            assert close(p, q, 1e-9)
-    # and the state matters: starting the last piece from zeros gives something else
-    assert not close(m(x[:, 6:])[0], full[:, 6:], 1e-3)
-
-
-def test_step_form_equals_chunked_form_in_the_model():
-    chunked, stepped = tiny(backend="chunked"), tiny(backend="recurrent")
-    x = torch.randn(1, 23, 64, dtype=torch.float64)
-    (h1, s1), (h2, s2) = chunked(x), stepped(x)
-    assert close(h1, h2, 1e-9)
-    assert all(close(p, q, 1e-9) for a, b in zip(s1, s2) for p, q in zip(a, b))
-
-
-def test_gradients_reach_every_parameter_and_the_initial_state():
-    m = tiny().train()
-    ids = torch.randint(0, 200, (2, 19))
-    state = [tuple(t.clone().normal_().requires_grad_(True) for t in layer)
-             for layer in m.init_state(2, None, dtype=torch.float64)]
-    h, _ = m(m.embed(ids), state)
-    torch.nn.functional.cross_entropy(m.logits(h).flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for layer in state for t in layer)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-    assert not hasattr(m.blocks[0].att, "v0") and hasattr(m.blocks[1].att, "v0")  # layer 0: no value residual
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = rwkv7_module.checkpoint
-    monkeypatch.setattr(rwkv7_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = m(x)
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 2  # one per block, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if n in ("emb.weight", "head.weight"):  # not on the path from embeds to hidden states
-            continue
-        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 2
+tiny = partial(tiny_backbone, "rwkv7")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
 
 
 def test_official_initialisation():
@@ -240,19 +163,11 @@ def test_official_initialisation():
     assert abs(b0.w0[0, 0, 0].item() - (-6 + 0.5 - 2.5)) < 1e-6  # www + 0.5 + zigzag * 2.5, zigzag = -1 at n = 0
     assert b0.x_r[0, 0, 0] == 1 and b3.x_k.mean() < b0.x_k.mean() and b0.ln_x.eps == 64e-5
     assert m.emb.weight.abs().max() <= 1e-4
+    assert not hasattr(m.blocks[0].att, "v0") and hasattr(m.blocks[1].att, "v0")  # layer 0: no value residual
     # the default LoRA ranks follow the official formula
     big = RWKV7(vocab_size=10, d_model=1024, n_layer=1, head_size=64)
     att = big.blocks[0].att
     assert (att.w1.shape[1], att.a1.shape[1], att.g1.shape[1]) == (64, 64, 160)
-
-
-def test_registry_entry():
-    built = RNN.build({"name": "rwkv7", "vocab_size": 10, "d_model": 32, "n_layer": 1, "head_size": 16})
-    assert isinstance(built, RWKV7) and built.d_model == 32 and built.vocab_size == 10
-    with pytest.raises(KeyError, match="known rnn backbones: .*rwkv7"):
-        RNN.build({"name": "rwkv9"})
-    with pytest.raises(ValueError, match="known backends: auto, chunked, recurrent, fla"):
-        RWKV7(vocab_size=10, d_model=32, n_layer=1, head_size=16, backend="nope")
 
 
 def _rwkv_package_x070():
@@ -375,19 +290,6 @@ def test_fla_hub_format_round_trip(tmp_path):
         fla_to_official(fla_sd, {"model_type": "rwkv6"})
 
 
-def test_empty_sequence_passes_the_state_through():
-    m = tiny()
-    x = torch.randn(1, 4, 64, dtype=torch.float64)
-    _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s
-
-
-def test_shape_errors_are_helpful():
-    m = tiny()
-    with pytest.raises(ValueError, match=r"embeds must be \(batch, time, 64\)"):
-        m(torch.zeros(1, 3, 32, dtype=torch.float64))
-    with pytest.raises(ValueError, match="state has 1 layers, the model 2"):
-        m(torch.zeros(1, 3, 64, dtype=torch.float64), m.init_state(1, dtype=torch.float64)[:1])
+def test_constructor_errors():
     with pytest.raises(ValueError, match="not a multiple of head_size"):
         RWKV7(vocab_size=10, d_model=48, n_layer=1, head_size=32)

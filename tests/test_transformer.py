@@ -1,38 +1,21 @@
 """Transformer baseline: logits against transformers' own LlamaForCausalLM / Qwen2ForCausalLM loaded from their
 saved checkpoints, the KV cache as the recurrent state (one shot == pieces == steps), gradients, checkpoint formats."""
 import json
+from functools import partial
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
 
-import aurora.types as aurora_types
+from _backbones import LLAMA3, close, randomised, run_in_pieces
+from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.transformer import (Transformer, config_from_hf, load_state_dict, rope_inv_freq,
                                                save_hf_checkpoint, to_our_keys)
-from aurora.registry import RNN
 
 
-def close(got, want, rtol):
-    """Relative to the largest magnitude of the reference."""
-    err = (got.double() - want.double()).abs().max().item()
-    return err <= rtol * max(1.0, want.double().abs().max().item())
-
-
-def randomised(model, scale=0.1, seed=0):
-    """Perturb every parameter (norm gains and biases included) so each code path carries signal."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return model
-
-
-LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-              original_max_position_embeddings=64)
 SIZES = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=96)
 CASES = {  # GQA with an explicit head_dim != hidden / heads, all Llama biases, Llama 3.1 RoPE
@@ -57,14 +40,6 @@ def reference(name, dtype=torch.float32):
 
 def ids(t=40, seed=2):
     return torch.randint(0, 300, (2, t), generator=torch.Generator().manual_seed(seed))
-
-
-def run_in_pieces(model, x, cuts):
-    outs, state = [], None
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        h, state = model(x[:, a:b], state)
-        outs.append(h)
-    return torch.cat(outs, 1), state
 
 
 # ------------------------------------------------------------------------------------- transformers parity
@@ -147,28 +122,7 @@ def test_rope_frequencies_equal_transformers(rope):
 # ----------------------------------------------------------------------------------------- the cache as state
 
 
-def tiny(dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    args = dict(vocab_size=200, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ffn=96, qkv_bias=True,
-                rope_theta=500.0, rope_scaling=LLAMA3) | kw
-    return randomised(Transformer(**args)).to(dtype).eval()
-
-
-@pytest.mark.parametrize("backend", ["sdpa", "eager"])
-def test_one_shot_equals_uneven_pieces_equals_steps(backend):
-    m = tiny(backend=backend)
-    x = torch.randn(2, 29, 64, dtype=torch.float64)
-    with torch.no_grad():
-        full, s_full = m(x)
-        pieces, s_pieces = run_in_pieces(m, x, [0, 5, 6, 20, 29])
-        steps, s_steps = run_in_pieces(m, x, list(range(30)))
-        from_empty, _ = m(x, m.init_state(2, dtype=torch.float64))
-        cold = m(x[:, 6:])[0]
-    assert all(k.shape == v.shape == (2, 2, 29, 16) for k, v in s_full)
-    for got, state in ((pieces, s_pieces), (steps, s_steps), (from_empty, s_full)):
-        assert close(got, full, 1e-10)
-        assert all(close(a, b, 1e-10) for la, lb in zip(state, s_full) for a, b in zip(la, lb))
-    assert not close(cold, full[:, 6:], 1e-3)  # the cache matters: the same tokens without it differ
+tiny = partial(tiny_backbone, "transformer")  # pieces, both backends, gradients: tests/test_backbone_contract.py
 
 
 def test_sdpa_equals_eager_and_low_precision_runs():
@@ -177,51 +131,15 @@ def test_sdpa_equals_eager_and_low_precision_runs():
         want = run_in_pieces(tiny(backend="eager"), x, [0, 11, 12, 23])[0]
         got = run_in_pieces(tiny(backend="sdpa"), x, [0, 11, 12, 23])[0]
         low = run_in_pieces(tiny(torch.bfloat16), x.bfloat16(), [0, 11, 12, 23])
+    assert all(k.shape == v.shape == (2, 2, 23, 16) for k, v in low[1])  # (batch, kv heads, tokens, head_dim)
     assert close(got, want, 1e-10)
     assert low[0].dtype == low[1][0][0].dtype == torch.bfloat16 and close(low[0], want, 0.1)
 
 
-def test_gradients_reach_every_parameter_and_the_cache():
-    m = tiny().train()
-    tokens = torch.randint(0, 200, (2, 19), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        _, past = m(m.embed(tokens[:, :7]))
-    past = [tuple(t.clone().requires_grad_(True) for t in layer) for layer in past]
-    h, _ = m(m.embed(tokens[:, 7:]), past)
-    F.cross_entropy(m.logits(h).flatten(0, 1), tokens[:, 7:].roll(-1, 1).flatten()).backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for layer in past for t in layer)
-    silent = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert not silent, silent
-
-
-def test_gradient_checkpointing_is_used_and_gives_the_same_gradients(monkeypatch):
-    calls = []
-    real = aurora_types.checkpoint  # the block loop every backbone shares (RecurrentLM.run_blocks)
-    monkeypatch.setattr(aurora_types, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    plain, ckpt = tiny().train(), tiny(grad_checkpoint=True).train()
-    x = torch.randn(2, 19, 64, dtype=torch.float64)
-    for m in (plain, ckpt):
-        h, s = run_in_pieces(m, x, [0, 8, 19])  # the second piece attends to the (checkpointed) cache
-        (h.pow(2).sum() + sum(t.pow(2).sum() for layer in s for t in layer)).backward()
-    assert len(calls) == 4  # one per block and piece, only for the checkpointed model
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        if n in ("embed_tokens.weight", "lm_head.weight"):  # not used by forward(embeds)
-            continue
-        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), n
-    with torch.no_grad():  # no checkpointing outside training with gradients
-        ckpt(x)
-    assert len(calls) == 4
-
-
-def test_registry_entry_and_constructor_errors():
-    built = RNN.build({"name": "transformer", "vocab_size": 10, "d_model": 32, "n_layer": 1, "n_head": 2})
-    assert isinstance(built, Transformer) and (built.d_model, built.vocab_size, built.n_layer) == (32, 10, 1)
-    assert (built.n_kv_head, built.head_dim, built.d_ffn) == (2, 16, 256)  # MHA; Llama's 8/3 rule rounded to 256
-    with pytest.raises(KeyError, match="known rnn backbones: .*transformer"):
-        RNN.build({"name": "transformers"})
+def test_default_sizes_and_constructor_errors():
     small = dict(vocab_size=10, d_model=32, n_layer=1)
-    with pytest.raises(ValueError, match="known backends: auto, sdpa, eager"):
-        Transformer(**small, n_head=2, backend="flash")
+    built = Transformer(**small, n_head=2)
+    assert (built.n_kv_head, built.head_dim, built.d_ffn) == (2, 16, 256)  # MHA; Llama's 8/3 rule rounded to 256
     with pytest.raises(ValueError, match="n_head 4 is not a multiple of n_kv_head 3"):
         Transformer(**small, n_head=4, n_kv_head=3)
     with pytest.raises(ValueError, match="d_model 32 is not a multiple of n_head 3; give head_dim"):
@@ -241,21 +159,13 @@ def test_registry_entry_and_constructor_errors():
     assert torch.allclose(legacy._inv_freq, Transformer(**small, n_head=2)._inv_freq / 2)
 
 
-def test_empty_sequence_passes_the_state_through_and_bad_states_are_named():
+def test_an_empty_cache_and_bad_caches_are_named():
     m = tiny()
     x = torch.randn(1, 4, 64, dtype=torch.float64)
     _, s = m(x)
-    h, s2 = m(x[:, :0], s)
-    assert h.shape == (1, 0, 64) and s2 is s
-    h, s3 = m(x[:, :0])  # no state yet: an empty cache that the next call continues from
-    assert h.shape == (1, 0, 64) and all(k.shape == (1, 2, 0, 16) for k, _ in s3)
-    assert close(m(x, s3)[0], m(x)[0], 1e-12)
-    with pytest.raises(ValueError, match="state has 1 layers, the model 2"):
-        m(x, s[:1])
+    assert all(k.shape == (1, 2, 0, 16) for k, _ in m(x[:, :0])[1])  # an empty sequence: an empty cache
     with pytest.raises(ValueError, match=r"layer 0 cache must be .* = \(2, 2, 4, 16\)"):
         m(torch.cat([x, x]), s)  # a batch-1 cache for a batch of 2
-    with pytest.raises(ValueError, match=r"embeds must be \(batch, time, 64\)"):
-        m(x[0])
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
