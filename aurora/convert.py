@@ -59,80 +59,13 @@ class ConvertError(ValueError):
 # ------------------------------------------------------------------------------------------- reading sources
 
 
-def _weights_files(src: Path) -> list[Path]:
-    """The weights file(s) of a checkpoint directory (single or sharded), or the file itself."""
-    if src.is_file():
-        return [src]
-    if not src.is_dir():
-        raise FileNotFoundError(f"no checkpoint at {src}")
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (src / index).is_file():
-            shards = sorted(set(json.loads((src / index).read_text())["weight_map"].values()))
-            return [src / s for s in shards]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (src / name).is_file():
-            return [src / name]
-    found = sorted(p.name for p in src.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
-    if len(found) == 1:
-        return [src / found[0]]
-    raise FileNotFoundError(f"{src} has no model.safetensors / pytorch_model.bin (or sharded index)"
-                            + (f"; weights files there: {', '.join(found)}" if found else ""))
-
-
-def _torch_load(path: Path) -> Any:
-    import torch
-
-    try:  # memory-mapped: reading the keys of a large .pth costs nothing
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _unwrap(sd: Any, path: Path) -> dict[str, Any]:
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ConvertError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return sd
-
-
-def read_state_dict(src: str | Path) -> dict[str, Any]:
-    """All tensors of a weights file (.safetensors, or .pth / .pt / .bin read with ``weights_only=True``) or of a
-    checkpoint directory."""
-    from safetensors.torch import load_file
-
-    sd: dict[str, Any] = {}
-    for f in _weights_files(Path(src)):
-        sd.update(load_file(str(f)) if f.suffix == ".safetensors" else _unwrap(_torch_load(f), f))
-    return sd
-
-
-def source_keys(src: str | Path) -> list[str]:
-    """The tensor names of a checkpoint, without reading the tensors where the format allows."""
-    from safetensors import safe_open
-
-    keys: list[str] = []
-    for f in _weights_files(Path(src)):
-        if f.suffix == ".safetensors":
-            with safe_open(str(f), framework="pt") as h:
-                keys += list(h.keys())
-        else:
-            keys += list(_unwrap(_torch_load(f), f))
-    return sorted(keys)
-
-
 def detect_format(src: str | Path) -> tuple[str | None, str]:
     """(format, the evidence) of a checkpoint: ``official`` (BlinkDL RWKV names), ``state-spaces`` (state-spaces'
     Mamba config / names), ``hf`` (a transformers / fla-hub config or names), or None if none of these."""
-    src = Path(src)
-    folder = src if src.is_dir() else src.parent
-    config: dict[str, Any] = {}
-    if (folder / "config.json").is_file():
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
-    keys = source_keys(src)
+    from aurora.components.rnn._hf import checkpoint_folder, read_config, weight_names
+
+    config = read_config(checkpoint_folder(src))
+    keys = weight_names(src)
     if any(k == "emb.weight" or k.startswith("blocks.") for k in keys):
         return "official", "BlinkDL names (emb.weight, blocks.N...)"
     if "ssm_cfg" in config or ("d_model" in config and "n_layer" in config and "hidden_size" not in config):
@@ -225,7 +158,9 @@ def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", 
         if hasattr(cls, "from_checkpoint"):
             model = recording.from_checkpoint(src, **overrides)
         elif hasattr(cls, "from_official"):
-            model = recording.from_official(read_state_dict(src), **overrides)
+            from aurora.components.rnn._hf import read_weights
+
+            model = recording.from_official(read_weights(src), **overrides)
         else:
             raise ConvertError(f"{backbone} has no checkpoint loader (from_checkpoint / from_official)")
     except (ValueError, KeyError) as e:
@@ -290,8 +225,10 @@ def _mismatch(backbone: str, cls: type, src: Path) -> str:
 
     import torch
 
+    from aurora.components.rnn._hf import read_weights
+
     try:
-        sd = _our_names(backbone, cls, read_state_dict(src))
+        sd = _our_names(backbone, cls, read_weights(src))
         with torch.device("meta"):
             own = cls().state_dict()
     except Exception as e:  # noqa: BLE001  (only a hint on top of the loader's message)
@@ -345,7 +282,7 @@ def convert_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         spec = convert(args.backbone, args.src, args.out, fmt=args.format, dtype=args.dtype)
-    except (ConvertError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ConvertError, or an unreadable checkpoint (named by _hf)
         print(f"aurora convert: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)

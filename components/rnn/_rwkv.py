@@ -1,8 +1,6 @@
-"""What the RWKV backbones (``rwkv6``, ``rwkv7``) share: the embedding / head / state layer and checkpoint reading."""
+"""What the RWKV backbones (``rwkv6``, ``rwkv7``) share: the embedding / head / state layer (checkpoint
+reading, shared with the other backbones, is in :mod:`aurora.components.rnn._hf`)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -44,27 +42,3 @@ class RWKVLanguageModel(RecurrentLM):
             for _ in range(self.n_layer)
         ]
 
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return sd.get("state_dict", sd) if isinstance(sd.get("state_dict"), dict) else sd
-
-
-def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (directory / single).is_file():
-            return _read_weights(directory / single)
-        if (directory / index).is_file():
-            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            sd: dict[str, Tensor] = {}
-            for shard in shards:
-                sd.update(_read_weights(directory / shard))
-            return sd
-    raise FileNotFoundError(f"{directory} has no model.safetensors / pytorch_model.bin (or their index files)")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aurora.components.rnn._hf import load_checked, read_config, read_weights
 from aurora.kernels.gla import BACKENDS, gla
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
@@ -200,11 +201,9 @@ class FlaCausalLM(RecurrentLM):
         ``kwargs``: chunk_size, backend, grad_checkpoint (or overrides of the configuration).
         """
         path = Path(path)
-        state_dict = load_weights(path)
-        if path.is_dir() and (path / "config.json").is_file():
-            config = cls.config_from_hf(json.loads((path / "config.json").read_text()))
-        else:
-            config = cls.config_from_state_dict(state_dict)
+        state_dict = read_weights(path)
+        hf = read_config(path) if path.is_dir() else {}
+        config = cls.config_from_hf(hf) if hf else cls.config_from_state_dict(state_dict)
         model = cls(**(config | kwargs))
         load_fla_state_dict(model, state_dict)
         return model
@@ -374,48 +373,10 @@ class GLA(FlaCausalLM):
         )
 
 
-def load_weights(path: Path) -> dict[str, Tensor]:
-    """A state dict from a HF directory (safetensors or .bin, sharded or not) or one weights file."""
-    from safetensors.torch import load_file
-
-    def one(f: Path) -> dict[str, Tensor]:
-        return load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu",
-                                                                               weights_only=True)
-
-    if path.is_file():
-        return one(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return one(path / name)
-        index = path / f"{name}.index.json"
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            sd: dict[str, Tensor] = {}
-            for shard in shards:
-                sd.update(one(path / shard))
-            return sd
-    raise FileNotFoundError(f"{path} holds no model.safetensors / pytorch_model.bin (or sharded index)")
-
-
 def load_fla_state_dict(model: "FlaCausalLM", state_dict: dict[str, Any]) -> None:
     """Load an fla-hub state dict into ``model``; names the missing / unexpected / wrong-shape keys on failure."""
-    own = model.state_dict()
     state_dict = dict(state_dict)
     if model.config.get("tie_word_embeddings") and "lm_head.weight" not in state_dict:
         if "model.embeddings.weight" in state_dict:
             state_dict["lm_head.weight"] = state_dict["model.embeddings.weight"]
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected),
-                               ("wrong shape", [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-                                                for k in wrong]))
-            if keys
-        )
-        raise ValueError(f"checkpoint does not fit this {type(model).__name__} ({model.extra_repr()}): {detail}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
+    load_checked(model, state_dict)

@@ -17,7 +17,6 @@ mamba_ssm's and transformers' caches) and the SSM state (float32, float64 for a 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.kernels.selective_scan import BACKENDS, selective_scan
+from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
@@ -270,15 +270,12 @@ class Mamba(RecurrentLM):
         grad_checkpoint, ...) override the constructor arguments. Weights are cast to float32 (the model's dtype).
         """
         path = Path(path)
-        if path.is_dir():
-            config_path, sd = path / "config.json", _read_weights_dir(path)
-        elif path.is_file():
-            config_path, sd = path.parent / "config.json", _read_weights_file(path)
-        else:
+        if not path.exists():
             raise FileNotFoundError(f"no Mamba checkpoint at {path}")
-        sd = normalize_state_dict(sd)
-        if config_path.is_file():
-            args = config_from_json(json.loads(config_path.read_text()))
+        sd = normalize_state_dict(read_weights(path))
+        config = read_config(checkpoint_folder(path))
+        if config:
+            args = config_from_json(config)
             emb = sd.get("backbone.embedding.weight")
             if "lm_head.weight" in sd and emb is not None and args.get("tie_embeddings", True):
                 args["tie_embeddings"] = torch.equal(sd["lm_head.weight"], emb)
@@ -354,49 +351,10 @@ def load_state_dict(model: Mamba, state_dict: dict[str, Any]) -> None:
     embedding.
     """
     sd = normalize_state_dict(state_dict)
-    own = model.state_dict()
-    optional = {"lm_head.weight"} if model.tie_embeddings else set()
-    missing = sorted(set(own) - set(sd) - optional)
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected),
-                               ("wrong shape", [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
-            if keys
-        )
-        raise ValueError(f"checkpoint does not fit this Mamba ({model.extra_repr()}): {detail}")
-    if model.tie_embeddings and "lm_head.weight" in sd and not torch.equal(sd["lm_head.weight"],
-                                                                           sd["backbone.embedding.weight"]):
+    head, emb = sd.get("lm_head.weight"), sd.get("backbone.embedding.weight")
+    if model.tie_embeddings and head is not None and emb is not None and head.shape == emb.shape and not \
+            torch.equal(head, emb):
         raise ValueError("checkpoint has an lm_head.weight different from backbone.embedding.weight, but the model "
                          "ties them (build it with tie_embeddings=False)")
-    sd = {k: v for k, v in sd.items() if k not in optional}
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=not optional)
+    load_checked(model, sd, "Mamba", optional={"lm_head.weight"} if model.tie_embeddings else ())
 
-
-def _read_weights_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
-        return sd
-    raise ValueError(f"unknown weights file type {path.name!r} (expected .safetensors, .bin, .pt or .pth)")
-
-
-def _read_weights_dir(path: Path) -> dict[str, Tensor]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = path / index_name
-        if index.is_file():
-            sd: dict[str, Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                sd.update(_read_weights_file(path / shard))
-            return sd
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return _read_weights_file(path / name)
-    raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin (nor a sharded index)")

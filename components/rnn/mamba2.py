@@ -16,7 +16,6 @@ State per layer: ``(conv_state (B, conv_dim, d_conv - 1), ssm_state (B, H, head_
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.kernels.ssd import BACKENDS, ssd
+from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
@@ -260,10 +260,9 @@ class Mamba2(RecurrentLM):
         overrides of the sizes.
         """
         path = Path(path)
-        folder = path if path.is_dir() else path.parent
-        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        config = read_config(checkpoint_folder(path))
         _check_architecture(config)
-        sd = to_our_keys(_read_weights(path))
+        sd = to_our_keys(read_weights(path))
         n_groups = kwargs.pop("n_groups", None) or _config_n_groups(config)
         derived = cls.config_from_state_dict(sd, n_groups=n_groups)
         derived.update(_config_extras(config, derived))
@@ -295,32 +294,6 @@ def to_our_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
                 key = "embedding." + key[len("embeddings."):]
         out[key] = value
     return out
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    """All tensors of a weights file, or of the (possibly sharded) weights in a directory."""
-    if path.is_dir():
-        for pattern in ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin",
-                        "pytorch_model-*-of-*.bin"):
-            files = sorted(path.glob(pattern))
-            if files:
-                break
-        else:
-            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    sd: dict[str, Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd.update(load_file(str(f)))
-        else:
-            loaded = torch.load(f, map_location="cpu", weights_only=True)
-            sd.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded)
-    return sd
 
 
 def _as_float(v: Any) -> float:
@@ -380,22 +353,12 @@ def load_state_dict(model: Mamba2, state_dict: dict[str, Tensor]) -> None:
 
     A tied model accepts a file with or without ``lm_head.weight`` (it must then equal the embedding).
     """
-    own = model.state_dict()
     given = dict(state_dict)
     if model.tie_embeddings and "lm_head.weight" not in given and "embedding.weight" in given:
         given["lm_head.weight"] = given["embedding.weight"]
-    missing = sorted(set(own) - set(given))
-    unexpected = sorted(set(given) - set(own))
-    wrong = sorted(k for k in set(own) & set(given) if tuple(own[k].shape) != tuple(given[k].shape))
-    if missing or unexpected or wrong:
-        shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
-            if keys
-        )
-        raise ValueError(f"checkpoint does not fit this Mamba-2 ({model.extra_repr()}): {detail}")
-    if model.tie_embeddings and not torch.equal(given["lm_head.weight"], given["embedding.weight"]):
+    head, emb = given.get("lm_head.weight"), given.get("embedding.weight")
+    if model.tie_embeddings and head is not None and emb is not None and head.shape == emb.shape and not \
+            torch.equal(head, emb):
         raise ValueError("the model ties lm_head.weight to embedding.weight but the checkpoint's differ; "
                          "build it with tie_embeddings=False")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in given.items()})
+    load_checked(model, given, "Mamba-2")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, _read_hf_weights, _read_weights
+from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
+from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 
@@ -240,17 +241,12 @@ class RWKV6(RWKVLanguageModel):
         such a weights file alone (beside its ``config.json``, else fla's defaults). ``kwargs`` go to the
         constructor (chunk_size, backend, grad_checkpoint, ...) and override what the config implies."""
         path = Path(path)
-        config: dict[str, Any] = {}
-        if path.is_dir():
-            if (path / "config.json").is_file():
-                config = json.loads((path / "config.json").read_text())
-            state_dict = _read_hf_weights(path)
-        elif path.is_file():
-            state_dict = _read_weights(path)
-            if (path.parent / "config.json").is_file() and _is_fla(state_dict):
-                config = json.loads((path.parent / "config.json").read_text())
-        else:
+        if not path.exists():
             raise FileNotFoundError(f"no RWKV-6 checkpoint at {path}")
+        state_dict = read_weights(path)
+        config: dict[str, Any] = {}
+        if path.is_dir() or _is_fla(state_dict):  # an official .pth has no config.json; fla's files may have one
+            config = read_config(checkpoint_folder(path))
         fla = _is_fla(state_dict)
         if fla:
             state_dict, fla_kwargs = fla_to_official(state_dict, config)
@@ -295,19 +291,7 @@ class RWKV6(RWKVLanguageModel):
 
 def load_official_state_dict(model: RWKV6, state_dict: dict[str, Any]) -> None:
     """Load BlinkDL's official checkpoint layout; names the mismatched keys on failure."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected),
-                               ("wrong shape", [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
-            if keys
-        )
-        raise ValueError(f"checkpoint does not fit this RWKV-6 ({model.extra_repr()}): {detail}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
+    load_checked(model, state_dict, "RWKV-6")
 
 
 # ------------------------------------------------------------------------------------ fla-hub (HF) format

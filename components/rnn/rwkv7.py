@@ -25,7 +25,6 @@ neutral ones back for tools that expect them.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -36,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, _read_hf_weights, _read_weights
+from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
+from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel
 from aurora.kernels.rwkv7 import BACKENDS, wkv7
 from aurora.registry import RNN
 
@@ -287,17 +287,12 @@ class RWKV7(RWKVLanguageModel):
         ``model.safetensors`` / ``pytorch_model.bin`` (sharded via their index files too) or such a weights
         file alone. ``kwargs`` go to the constructor (chunk_size, backend, grad_checkpoint, ...)."""
         path = Path(path)
-        config: dict[str, Any] = {}
-        if path.is_dir():
-            if (path / "config.json").is_file():
-                config = json.loads((path / "config.json").read_text())
-            state_dict = _read_hf_weights(path)
-        elif path.is_file():
-            state_dict = _read_weights(path)
-            if (path.parent / "config.json").is_file() and _is_fla(state_dict):
-                config = json.loads((path.parent / "config.json").read_text())
-        else:
+        if not path.exists():
             raise FileNotFoundError(f"no RWKV-7 checkpoint at {path}")
+        state_dict = read_weights(path)
+        config: dict[str, Any] = {}
+        if path.is_dir() or _is_fla(state_dict):  # an official .pth has no config.json; fla's files may have one
+            config = read_config(checkpoint_folder(path))
         if _is_fla(state_dict):
             state_dict, fla_kwargs = fla_to_official(state_dict, config)
             kwargs = fla_kwargs | kwargs
@@ -313,19 +308,7 @@ def load_official_state_dict(model: RWKV7, state_dict: dict[str, Any]) -> None:
     Layer 0's unused value-residual weights (``blocks.0.att.v0/v1/v2``, present in official files) are dropped.
     """
     state_dict = {k: v for k, v in state_dict.items() if k not in UNUSED_LAYER0}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
-            if keys
-        )
-        raise ValueError(f"checkpoint does not fit this RWKV-7 ({model.extra_repr()}): {detail}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
+    load_checked(model, state_dict, "RWKV-7")
 
 
 def official_state_dict(model: RWKV7) -> dict[str, Tensor]:

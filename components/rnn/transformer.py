@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
@@ -313,11 +314,12 @@ class Transformer(RecurrentLM):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}")
-        folder = path if path.is_dir() else path.parent
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} has no config.json (needed for the attention head count)")
-        settings = config_from_hf(json.loads((folder / "config.json").read_text()))
-        sd = to_our_keys(_read_weights(path))
+        config = read_config(checkpoint_folder(path))
+        if not config:
+            raise FileNotFoundError(f"{checkpoint_folder(path)} has no config.json (needed for the attention head "
+                                    "count)")
+        settings = config_from_hf(config)
+        sd = to_our_keys(read_weights(path))
         head, emb = sd.get("lm_head.weight"), sd.get("embed_tokens.weight")
         if settings["tie_embeddings"] and head is not None and emb is not None and (
                 head.shape != emb.shape or not torch.equal(head, emb)):
@@ -350,28 +352,13 @@ def load_state_dict(model: Transformer, state_dict: dict[str, Tensor]) -> None:
     """Load weights in our names (see :func:`to_our_keys`); names the missing / unexpected / wrong-shape keys on
     failure. With tied embeddings the head may be absent (transformers does not save it) or equal to the
     embedding."""
-    own = model.state_dict()
     if model.tie_embeddings:
-        own.pop("lm_head.weight")
         head = state_dict.get("lm_head.weight")
         if head is not None and "embed_tokens.weight" in state_dict and (
                 head.shape != state_dict["embed_tokens.weight"].shape
                 or not torch.equal(head, state_dict["embed_tokens.weight"])):
             raise ValueError("the model ties lm_head to embed_tokens but the checkpoint's lm_head.weight differs")
-        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected),
-                               ("wrong shape", [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-                                                for k in wrong]))
-            if keys
-        )
-        raise ValueError(f"checkpoint does not fit this Transformer ({model.extra_repr()}): {detail}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=not model.tie_embeddings)
+    load_checked(model, state_dict, "Transformer", optional={"lm_head.weight"} if model.tie_embeddings else ())
 
 
 def config_from_hf(config: dict[str, Any]) -> dict[str, Any]:
@@ -456,31 +443,3 @@ def save_hf_checkpoint(model: Transformer, directory: str | Path) -> Path:
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
 
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    """All tensors of a weights file, or of the (possibly sharded) weights in a directory."""
-    if path.is_dir():
-        for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                              ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-            if (path / single).is_file():
-                files = [path / single]
-                break
-            if (path / index).is_file():
-                files = [path / f for f in sorted(set(json.loads((path / index).read_text())["weight_map"].values()))]
-                break
-        else:
-            raise FileNotFoundError(f"{path} has no model.safetensors / pytorch_model.bin (or their index files)")
-    else:
-        files = [path]
-    sd: dict[str, Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd.update(load_file(str(f)))
-        else:
-            loaded = torch.load(f, map_location="cpu", weights_only=True)
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{f} holds a {type(loaded).__name__}, not a state dict")
-            sd.update(loaded.get("state_dict", loaded) if isinstance(loaded.get("state_dict"), dict) else loaded)
-    return sd
