@@ -29,7 +29,6 @@ import csv
 import io
 import itertools
 import json
-import os
 import re
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from aurora.io import atomic_write_text, pyplot, save_figure, write_json
 from aurora.recipes import resolve
 
 RESULT = "result.json"
@@ -128,13 +128,6 @@ def cell_config(grid: dict[str, Any], cell: dict[str, Any], cell_dir: Path) -> d
 # ------------------------------------------------------------------------------------------------ running
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_cell(cfg_path: Path, log=print) -> dict[str, Any]:
     """Train one cell, then evaluate: loss and token accuracy on the validation split, answer accuracy (overall
     and per category) by generation on the held-out test split."""
@@ -184,10 +177,10 @@ def run_grid(grid_path: str | Path, out: str | Path, log=print) -> list[dict[str
         log(f"[ablate] {i}/{len(todo)} {cell['name']}: training")
         cfg = cell_config(grid, cell, cell_dir)
         cfg_path = cell_dir / "config.yaml"
-        _atomic_write(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
         result = {"cell": cell["name"], "labels": cell["labels"], "settings": cell["settings"],
                   **run_cell(cfg_path, log)}
-        _atomic_write(result_path, json.dumps(result, indent=2) + "\n")
+        write_json(result_path, result)
         rows.append(result)
     write_reports(grid, rows, out)
     return rows
@@ -221,21 +214,16 @@ def write_reports(grid: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     w = csv.writer(buf)
     w.writerow(head)
     w.writerows(body)
-    _atomic_write(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.csv", buf.getvalue())
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(row) + " |" for row in body]
-    _atomic_write(out / "results.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(md) + "\n")
     write_plot(grid, rows, out / "results.png")
 
 
 def write_plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
     """Grouped bars: overall and per-category accuracy of every cell, chance as a dashed line."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("aurora ablate: the plot needs matplotlib (pip install 'aurora-long[dev]')") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("aurora ablate")
 
     cats = ["overall", *_categories(rows)]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.2))
@@ -255,11 +243,7 @@ def write_plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> 
     ax.legend(fontsize=8, ncol=len(cats) + 1, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ command

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aurora.io import pyplot, save_figure, write_json
+
 MODES = ("streamed", "step", "chunked")  # the step form continues from the streamed prefill's state
 TAG = "@@aurora-bench "  # prefix of the worker's result lines (anything else it prints is ignored)
 # how a point's time grows with T, for skipping a length that could not finish (softmax attention is quadratic)
@@ -434,28 +436,19 @@ def targets(records: list[dict[str, Any]], at: int = 4096, speedup: float = 10.0
     return out
 
 
-def _replace_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(records: list[dict[str, Any]], path: str | Path) -> None:
-    _replace_write(Path(path), lambda p: p.write_text(json.dumps(records, indent=2) + "\n"))
+def write_outputs(args: argparse.Namespace, payload: Any, records: list[dict[str, Any]], write_plot) -> None:
+    """What every ``aurora bench`` command writes when asked: ``--json`` (``payload``) and ``--plot``
+    (``write_plot(records, path)``), each atomically and announced on stdout."""
+    if args.json:
+        write_json(args.json, payload)
+        print(f"records written to {args.json}")
+    if args.plot:
+        write_plot(records, args.plot)
+        print(f"plot written to {args.plot}")
 
 
 def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("aurora bench: --plot needs matplotlib (pip install 'aurora-long[dev]')") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("aurora bench")
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -482,8 +475,7 @@ def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
         if names:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    _replace_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -555,12 +547,7 @@ def bench_main(argv: list[str]) -> int:
               f"{'' if tg['speedup_ok'] is None else (' (>= 10x: yes)' if tg['speedup_ok'] else ' (>= 10x: NO)')}; "
               f"streamed peak memory flat in T: {'not measured' if flat is None else ('yes' if flat else 'NO')} "
               f"({', '.join(f'T={t}: {m:.1f} MiB' for t, m in tg['streamed_mem'])})")
-    if args.json:
-        write_json(records, args.json)
-        print(f"records written to {args.json}")
-    if args.plot:
-        write_plot(records, args.plot)
-        print(f"plot written to {args.plot}")
+    write_outputs(args, records, records, write_plot)
     return 0
 
 

@@ -47,8 +47,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aurora.bench import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, _hwm_bytes, _mallopt, _Meter, _replace_write,
-                          _reset_hwm)
+from aurora.bench import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, _hwm_bytes, _mallopt, _Meter, _reset_hwm,
+                          write_outputs)
+from aurora.io import pyplot, save_figure
 
 TAG = "@@aurora-bench-memory "
 QUESTION = "What is moving in the video?"
@@ -283,19 +284,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(records: list[dict[str, Any]], summ: dict[str, Any], path: str | Path) -> None:
-    _replace_write(Path(path), lambda p: p.write_text(json.dumps({"records": records, "summary": summ},
-                                                                 indent=2) + "\n"))
-
-
 def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
     """Figure 1's picture: peak memory against frames (log x), one colour per backbone; time beside it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("aurora bench memory: --plot needs matplotlib (pip install 'aurora-long[dev]')") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("aurora bench memory")
 
     fig, (ax_m, ax_a, ax_t) = plt.subplots(1, 3, figsize=(15, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -328,8 +319,7 @@ def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
             ax.legend(fontsize=8)
     fig.suptitle(f"streaming inference: memory vs video length ({where})", fontsize=10)
     fig.tight_layout()
-    _replace_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _ints(text: str) -> list[int]:
@@ -389,12 +379,7 @@ def bench_memory_main(argv: list[str]) -> int:
     for pair, r in summ["ratio"].items():
         print(f"{pair} at {r['frames']} frames: total peak {_fmt(r['total'], '.2f')}x, added peak "
               f"{_fmt(r['added'], '.2f')}x, state {_fmt(r['state'], '.0f')}x")
-    if args.json:
-        write_json(records, summ, args.json)
-        print(f"records written to {args.json}")
-    if args.plot:
-        write_plot(records, args.plot)
-        print(f"plot written to {args.plot}")
+    write_outputs(args, {"records": records, "summary": summ}, records, write_plot)
     return 0
 
 

@@ -39,13 +39,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from aurora.bench import write_outputs
+from aurora.io import pyplot, save_figure
 
 # positional arguments of the merges' ``NAME:ARG:ARG`` form
 POSITIONAL = {"none": (), "tome": ("keep_ratio", "schedule"), "tome_post": ("keep_ratio",), "pool": ("stride", "kernel"),
@@ -263,26 +265,13 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(records: list[dict[str, Any]], path: str | Path) -> None:
-    from aurora.bench import _replace_write
-
-    _replace_write(Path(path), lambda p: p.write_text(json.dumps(records, indent=2) + "\n"))
-
-
 def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
     """Frames/s (log) and tokens per frame against the requested keep ratio (log), one colour per merge family,
     ``none`` a black star with a dotted line at its level; the tokens panel also shows keep ratio x tokens in
     (grey dashes), so the distance of a point from it is what the merge's rounding and clamping made of the ratio.
     Records without a keep ratio are left out of the plot."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("aurora bench vision: --plot needs matplotlib (pip install 'aurora-long[dev]')") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("aurora bench vision")
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
-
-    from aurora.bench import _replace_write
 
     fig, (ax_f, ax_t) = plt.subplots(1, 2, figsize=(12, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -336,8 +325,7 @@ def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
     ax_t.yaxis.set_major_locator(FixedLocator(ticks))
     ax_t.yaxis.set_major_formatter(FormatStrFormatter("%d"))
     fig.tight_layout()
-    _replace_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -401,12 +389,7 @@ def bench_vision_main(argv: list[str]) -> int:
           f"{r0['repeat']}; device {r0['device']} ({r0['device_name']}), torch {r0['torch']}, "
           f"{r0['threads']} thread(s), order {args.order}")
     print(format_table(records))
-    if args.json:
-        write_json(records, args.json)
-        print(f"records written to {args.json}")
-    if args.plot:
-        write_plot(records, args.plot)
-        print(f"plot written to {args.plot}")
+    write_outputs(args, records, records, write_plot)
     return 0
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from aurora.io import atomic_open, atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,29 +25,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a process killed while writing
+        # left by a process killed while writing (``.NAME.PID.tmp``; older runs wrote ``.NAME.tmpPID``)
+        for stale in path.parent.glob(f".{path.name}.*tmp*"):
             stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        try:  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -62,10 +44,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         path = Path(self.path or Path(trainer.default_root_dir) / "predictions.jsonl")
         if trainer.world_size > 1:
             path = path.with_name(f"{path.name}.rank{trainer.global_rank}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as f:
+        with atomic_open(path) as f:
             for batch in predictions:
                 for row in batch:
                     f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from aurora.data.datamodule import AuroraDataModule
+from aurora.io import write_json
 from aurora.lit import AuroraModule
 from aurora.recipes import resolve
 
@@ -128,9 +128,7 @@ def demo_main(argv: list[str]) -> int:
         "train_steps": trainer.global_step,
         "config": args.config,
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", summary)
     for order, m in results.items():
         print(f"frames {order:>9}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     print(f"metrics written to {out / 'metrics.json'}")

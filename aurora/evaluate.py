@@ -35,6 +35,7 @@ from torch import Tensor
 from aurora.data.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Benchmark, BenchmarkFormatError, Sample,
                                     Segment, read_benchmark)
 from aurora.data.video import VideoDecodeError, iter_frame_chunks, probe_video, to_pixels, uniform_indices
+from aurora.io import atomic_write_text, write_json
 from aurora.metrics import normalize_answer
 
 Predictor = Callable[..., str]  # predict(video_path: str, prompt_text: str[, segment=Segment]) -> str
@@ -449,8 +450,6 @@ def write_results(report: Report, out: str | Path, settings: Mapping[str, Any] |
                   model_name: str = "aurora", model_args: str = "",
                   gen_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``<out>/results.json`` and the lmms-eval log (each file atomically); returns the summary written."""
-    from aurora.viz import _atomic_write
-
     out = Path(out)
     bench = report.benchmark
     now = datetime.now()
@@ -464,12 +463,12 @@ def write_results(report: Report, out: str | Path, settings: Mapping[str, Any] |
                 "start_time": start, "end_time": time.time(),
                 "total_evaluation_time_seconds": str(report.seconds)})
     results_path = model_dir / f"{date_id}_results.json"
-    _atomic_write(results_path, lambda p: p.write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n"))
+    write_json(results_path, log, ensure_ascii=False)
     sample_paths = {}
     for t, rows in samples.items():
         path = model_dir / f"{date_id}_samples_{t}.jsonl"
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        _atomic_write(path, lambda p, text=text: p.write_text(text))
+        atomic_write_text(path, text)
         sample_paths[t] = str(path)
     summary = {
         "benchmark": bench.name,
@@ -491,8 +490,7 @@ def write_results(report: Report, out: str | Path, settings: Mapping[str, Any] |
         "missing_videos": bench.missing_videos,
         "errors": report.errors,
     }
-    _atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(summary, indent=2, ensure_ascii=False)
-                                                              + "\n"))
+    write_json(out / "results.json", summary, ensure_ascii=False)
     return summary
 
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,24 @@ class AuroraModel(nn.Module):
         return self.rnn.logits(hidden[:, -1]), state
 
     @torch.no_grad()
+    def decode_steps(self, logits: Tensor, state: Any, max_new_tokens: int, pick: Callable[[Tensor], Tensor],
+                     take: Callable[[int, int], bool]) -> None:
+        """The decoding loop every generator shares: B rows in lock-step from their last logits (B, vocab) and the
+        state after them. Each step ``pick(logits)`` gives the (B,) next tokens and ``take(row, token)`` records a
+        row's token, returning True when that row is finished (it is not asked again); the loop ends when every
+        row is finished or after ``max_new_tokens`` steps, and feeds the tokens back only when a step follows."""
+        done = [False] * logits.shape[0]
+        for step in range(max_new_tokens):
+            toks = pick(logits)
+            for j, finished in enumerate(done):
+                if not finished:
+                    done[j] = take(j, int(toks[j]))
+            if all(done) or step == max_new_tokens - 1:
+                return
+            hidden, state = self.rnn(self.rnn.embed(toks[:, None]), state)
+            logits = self.rnn.logits(hidden[:, -1])
+
+    @torch.no_grad()
     def generate(
         self,
         pixels: Tensor,
@@ -172,25 +190,17 @@ class AuroraModel(nn.Module):
         for rows in groups.values():
             embeds, _ = self.splice(torch.stack([prompts[i] for i in rows]), video[rows])
             hidden, state = self.rnn(embeds)
-            logits = self.rnn.logits(hidden[:, -1])
-            done = [False] * len(rows)
-            for _ in range(max_new_tokens):
-                toks = logits.argmax(-1)
-                for j, i in enumerate(rows):
-                    if done[j]:
-                        continue
-                    tok = int(toks[j])
-                    if eos_id is not None and tok == eos_id:
-                        done[j] = True
-                        continue
-                    outs[i].append(tok)
-                    for stop in stop_ids or []:
-                        if stop and outs[i][-len(stop) :] == stop:
-                            del outs[i][-len(stop) :]
-                            done[j] = True
-                            break
-                if all(done):
-                    break
-                hidden, state = self.rnn(self.rnn.embed(toks[:, None]), state)
-                logits = self.rnn.logits(hidden[:, -1])
+
+            def take(j: int, tok: int, rows: list[int] = rows) -> bool:
+                if eos_id is not None and tok == eos_id:
+                    return True
+                out = outs[rows[j]]
+                out.append(tok)
+                for stop in stop_ids or []:
+                    if stop and out[-len(stop):] == stop:
+                        del out[-len(stop):]
+                        return True
+                return False
+
+            self.decode_steps(self.rnn.logits(hidden[:, -1]), state, max_new_tokens, lambda lg: lg.argmax(-1), take)
         return outs

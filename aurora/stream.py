@@ -46,6 +46,7 @@ from torch import Tensor
 from aurora.data.prompt import PromptTemplate, Tokenizer, question_and_answer
 from aurora.data.video import (VideoDecodeError, VideoSource, iter_frame_chunks, probe_video, sample_indices,
                                to_pixels)
+from aurora.io import atomic_open, atomic_write
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "aurora-stream-state/1"
@@ -123,16 +124,7 @@ class VideoState:
         tensors["logits"] = self.logits.detach().to("cpu").contiguous().clone()
         header = {"format": STATE_FORMAT, "structure": spec, "context": self.context, "frames": self.frames,
                   "positions": self.positions, "meta": self.meta}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata={"aurora": json.dumps(header)})
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"aurora": json.dumps(header)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "VideoState":
@@ -357,21 +349,26 @@ class StreamEngine:
         scores: list[Tensor] = []
         stops = [s for s in gen.stop if s]
         finish, text = "length", ""
-        for _ in range(gen.max_new_tokens):
+
+        def pick(logits: Tensor) -> Tensor:
             if keep_scores:
                 scores.append(logits[0].float().cpu())
-            tok = next_token(logits[0], gen.temperature, gen.top_p, generator)
+            return torch.tensor([next_token(logits[0], gen.temperature, gen.top_p, generator)], device=logits.device)
+
+        def take(_: int, tok: int) -> bool:
+            nonlocal finish, text
             if gen.eos_id is not None and tok == gen.eos_id:
                 finish = "eos"
-                break
+                return True
             tokens.append(tok)
             text = self.tokenizer.decode(tokens)
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
-                break
-            hidden, state = self.rnn(self.rnn.embed(torch.tensor([[tok]], device=logits.device)), state)
-            logits = self.rnn.logits(hidden[:, -1])
+                return True
+            return False
+
+        self.model.decode_steps(logits, state, gen.max_new_tokens, pick, take)
         return Answer(text=text.strip(), tokens=tokens, finish=finish, scores=scores if keep_scores else None)
 
     def ask(self, source: VideoSource, question: str, frames: int | None = None, fps: float | None = None,
@@ -448,36 +445,28 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
     from aurora.data.shards import VideoQADataset
 
     ds = VideoQADataset(shards, tokenizer=engine.tokenizer, template=engine.template)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     written = 0
-    try:
-        with tmp.open("w") as f:
-            for raw in ds.raw_samples():
-                key = raw.get("__key__", "?")
-                try:
-                    if "mp4" not in raw or "json" not in raw:
-                        raise KeyError(f"missing field .{'mp4' if 'mp4' not in raw else 'json'}")
-                    question, answer = question_and_answer(json.loads(raw["json"])["conversations"])
-                except (ValueError, KeyError, TypeError) as e:
-                    ds._skip("bad annotation", key, f"{type(e).__name__}: {e}")
-                    continue
-                try:
-                    pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen)
-                except VideoDecodeError as e:
-                    ds._skip("undecodable video", key, str(e))
-                    continue
-                f.write(json.dumps({"id": key, "question": question, "answer": answer,
-                                    "prediction": pred.text}) + "\n")
-                written += 1
-                if limit is not None and written >= limit:
-                    break
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"written": written, "skipped": dict(ds.skipped), "out": str(out)}
+    with atomic_open(out) as f:
+        for raw in ds.raw_samples():
+            key = raw.get("__key__", "?")
+            try:
+                if "mp4" not in raw or "json" not in raw:
+                    raise KeyError(f"missing field .{'mp4' if 'mp4' not in raw else 'json'}")
+                question, answer = question_and_answer(json.loads(raw["json"])["conversations"])
+            except (ValueError, KeyError, TypeError) as e:
+                ds._skip("bad annotation", key, f"{type(e).__name__}: {e}")
+                continue
+            try:
+                pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen)
+            except VideoDecodeError as e:
+                ds._skip("undecodable video", key, str(e))
+                continue
+            f.write(json.dumps({"id": key, "question": question, "answer": answer,
+                                "prediction": pred.text}) + "\n")
+            written += 1
+            if limit is not None and written >= limit:
+                break
+    return {"written": written, "skipped": dict(ds.skipped), "out": str(Path(out))}
 
 
 # ------------------------------------------------------------------------------------------------ command

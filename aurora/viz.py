@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from aurora.data.video import VideoDecodeError, decode_video, to_pixels, uniform_indices
+from aurora.io import save_figure
 
 CKPT_PREFIX = "model.vision."
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # the datamodule's defaults (SigLIP's normalisation)
@@ -244,17 +245,6 @@ def token_colours(n: int) -> list[tuple[float, float, float]]:
 # ------------------------------------------------------------------------------------------------ drawing
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
     """One panel per frame: the frame, each token's patches filled in its colour, token edges, ``k:size`` labels."""
     import matplotlib
@@ -314,12 +304,7 @@ def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0
             idx += f"\nclass token (no patch): {', '.join(off_grid)}"
         ax.set_title(idx, fontsize=9)
     fig.suptitle(title, fontsize=9)
-    path = Path(out)
-    try:
-        _atomic_write(path, lambda t: fig.savefig(t, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, out)
 
 
 def describe(mm: MergeMap) -> str:

@@ -37,6 +37,7 @@ import webdataset as wds
 
 from aurora.data.prompt import question_and_answer
 from aurora.data.video import VideoDecodeError, decode_video, encode_mp4
+from aurora.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +295,7 @@ def write_shard(out_dir: str, name: str, items: list[Item], digest: str, verify:
     stats = {"shard": name, "digest": digest, "count": count, "bytes": nbytes, "videos": dict(how),
              "categories": dict(cats), "skipped": skipped}
     stats_path = out / STATS_DIR / f"{name}.json"
-    stats_tmp = stats_path.with_name(stats_path.name + ".tmp")
-    stats_tmp.write_text(json.dumps(stats))
-    os.replace(stats_tmp, stats_path)  # stats first: a shard file that exists always has its stats
+    write_json(stats_path, stats, indent=None)  # stats first: a shard file that exists always has its stats
     os.replace(tmp, path)
     return stats
 
@@ -431,9 +430,7 @@ def write_manifest(out: Path, split: str, names: list[str], stats: dict[str, dic
     categories = list(dict.fromkeys(c for c in found if c != "all"))
     if categories:
         manifest["categories"] = categories
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    write_json(path, manifest)
     return manifest
 
 

@@ -349,7 +349,7 @@ def test_aurora_ask_end_to_end_from_a_two_step_fit(fitted, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert summary["written"] == len(rows) == 3 and summary["skipped"] == {}
-    assert not list(tmp_path.glob(".preds.jsonl.tmp*"))
+    assert not list(tmp_path.glob(".preds.jsonl*tmp*"))
     from aurora.data.shards import VideoQADataset
 
     for sample in VideoQADataset(shards, num_frames=4, image_size=64):

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aurora.io import atomic_write
+
 
 def pixels_key(pixels: Tensor) -> str:
     """A content key for one sample's pixels (F, 3, H, W): sha256 of its dtype, shape and bytes."""
@@ -72,7 +74,5 @@ class FeatureCache:
     def save(self, path: Path, tensors: dict[str, Tensor]) -> None:
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
