@@ -4,6 +4,8 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
+# pytest-xdist processes (one per core); TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= auto
 
 .PHONY: setup demo test clean
 
@@ -20,7 +22,7 @@ demo: setup
 	$(VENV)/bin/aurora demo --config recipes/demo.yaml
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
