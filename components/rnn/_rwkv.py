@@ -2,12 +2,33 @@
 reading, shared with the other backbones, is in :mod:`aurora.components.rnn._hf`)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from aurora.components.rnn._hf import checkpoint_folder, read_config, read_weights
 from aurora.types import RecurrentLM
 
 LayerState = tuple[Tensor, Tensor, Tensor]
+
+
+def is_fla(state_dict: dict[str, Any]) -> bool:
+    """fla-hub's Hugging Face layout (``model.layers.N...``) rather than BlinkDL's official names."""
+    return any(k.startswith(("model.layers.", "model.embeddings.")) for k in state_dict)
+
+
+def read_rwkv_checkpoint(path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(state dict, config.json or {}, is fla's layout) of a local RWKV checkpoint: an official ``.pth`` (no
+    config) or fla-hub's files (a directory, or a weights file beside its ``config.json``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} checkpoint at {path}")
+    state_dict = read_weights(path)
+    fla = is_fla(state_dict)
+    config = read_config(checkpoint_folder(path)) if path.is_dir() or fla else {}
+    return state_dict, config, fla
 
 
 class RWKVLanguageModel(RecurrentLM):

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel
+from aurora.components.rnn._hf import load_checked
+from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 
@@ -240,14 +240,7 @@ class RWKV6(RWKVLanguageModel):
         ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin`` (sharded via their index files too) or
         such a weights file alone (beside its ``config.json``, else fla's defaults). ``kwargs`` go to the
         constructor (chunk_size, backend, grad_checkpoint, ...) and override what the config implies."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no RWKV-6 checkpoint at {path}")
-        state_dict = read_weights(path)
-        config: dict[str, Any] = {}
-        if path.is_dir() or _is_fla(state_dict):  # an official .pth has no config.json; fla's files may have one
-            config = read_config(checkpoint_folder(path))
-        fla = _is_fla(state_dict)
+        state_dict, config, fla = read_rwkv_checkpoint(path, "RWKV-6")
         if fla:
             state_dict, fla_kwargs = fla_to_official(state_dict, config)
             kwargs = fla_kwargs | kwargs
@@ -329,10 +322,6 @@ _FLA_MIXES, _OFFICIAL_MIXES = "rwkvg", "wkvrg"
 _FLA_OF_OFFICIAL = [_FLA_MIXES.index(m) for m in _OFFICIAL_MIXES]  # official slot j holds fla block [j]
 _OFFICIAL_OF_FLA = [_OFFICIAL_MIXES.index(m) for m in _FLA_MIXES]
 _STACKED = ("attn.x_bias", "attn.x_proj.0.linear.weight", "attn.x_proj.2.weight")
-
-
-def _is_fla(state_dict: dict[str, Any]) -> bool:
-    return any(k.startswith(("model.layers.", "model.embeddings.")) for k in state_dict)
 
 
 def _stacked_to_official(i: str, name: str, x: Tensor) -> dict[str, Tensor]:

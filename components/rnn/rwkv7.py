@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel
+from aurora.components.rnn._hf import load_checked
+from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
 from aurora.kernels.rwkv7 import BACKENDS, wkv7
 from aurora.registry import RNN
 
@@ -286,14 +286,8 @@ class RWKV7(RWKVLanguageModel):
         the official names), or fla-hub's Hugging Face format, as a directory with ``config.json`` and
         ``model.safetensors`` / ``pytorch_model.bin`` (sharded via their index files too) or such a weights
         file alone. ``kwargs`` go to the constructor (chunk_size, backend, grad_checkpoint, ...)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no RWKV-7 checkpoint at {path}")
-        state_dict = read_weights(path)
-        config: dict[str, Any] = {}
-        if path.is_dir() or _is_fla(state_dict):  # an official .pth has no config.json; fla's files may have one
-            config = read_config(checkpoint_folder(path))
-        if _is_fla(state_dict):
+        state_dict, config, fla = read_rwkv_checkpoint(path, "RWKV-7")
+        if fla:
             state_dict, fla_kwargs = fla_to_official(state_dict, config)
             kwargs = fla_kwargs | kwargs
         return cls.from_official(state_dict, **kwargs)
@@ -346,10 +340,6 @@ _FLA_TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_ou
 _CONVERT = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(1, 1, -1)}
 _BACK = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(-1)}
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
-
-
-def _is_fla(state_dict: dict[str, Any]) -> bool:
-    return any(k.startswith(("model.layers.", "model.embeddings.")) for k in state_dict)
 
 
 def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None = None
