@@ -14,14 +14,7 @@ from aurora.registry import RNN
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread. With two OpenMP threads on a busy 2-core machine a 224x64 QR (the orthogonal
-    initialisation) took 93 ms instead of 0.14 ms."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------- bench

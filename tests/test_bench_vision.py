@@ -18,12 +18,7 @@ TINY_KW = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inter
                patch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def output_tokens(encoder: str, feature_layer: int, spec: dict) -> int:
