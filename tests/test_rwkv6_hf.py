@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from aurora.components.rnn.rwkv6 import RWKV6, fla_to_official, to_fla_state_dict
 
-pytest.importorskip("fla")
 pytestmark = pytest.mark.filterwarnings("ignore")  # fla warns about Triton on CPU and about "buggy" RWKV
 
 IDS = torch.randint(0, 120, (2, 40), generator=torch.Generator().manual_seed(2))

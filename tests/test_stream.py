@@ -236,12 +236,10 @@ def test_bad_video_input_is_named(video, tmp_path):
 def test_a_video_wide_ordering_cannot_be_streamed():
     model = tiny_model("rwkv6")
     order = getattr(model.vision.merge, "order", None)
-    try:
-        from aurora.components.merge.order import VIDEO
-        from aurora.registry import ORDER
-        video_order = ORDER.get("size_global")
-    except (ImportError, KeyError):
-        pytest.skip("this merge package has no video-wide ordering (size_global)")
+    from aurora.components.merge.order import VIDEO
+    from aurora.registry import ORDER
+
+    video_order = ORDER.get("size_global")
     assert order is not None and getattr(video_order, "scope", None) == VIDEO
     model.vision.merge.order = video_order
     with pytest.raises(StreamError, match="cannot be read in chunks"):

@@ -13,7 +13,7 @@ from aurora.components.merge.tome import TokenMerge, ToMeMerge
 from aurora.components.vision.base import MergingViT
 from aurora.components.vision.clip import ClipVision
 from aurora.components.vision.siglip import SiglipVision
-from aurora.registry import MERGE, VISION
+from aurora.registry import VISION
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32,
             patch_size=8)
@@ -170,7 +170,6 @@ def test_finalize_gets_the_last_layers_keys_lined_up_with_the_tokens():
         assert merge.final[1] is None
 
 
-@pytest.mark.skipif("tome_post" not in MERGE, reason="the tome_post merge (post-encoder ToMe) is not registered")
 def test_post_encoder_merge_runs_through_finalize():
     enc = ClipVision(**TINY, merge={"name": "tome_post", "keep_ratio": 0.25, "trace_source": True}).eval()
     with torch.no_grad():
