@@ -2,7 +2,6 @@
 chaining (``init_from``), LoRA, gradient checkpointing, non-finite loss handling and FSDP2 sharding."""
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from aurora.checkpoint import MODEL_PREFIX, load_weights
 from aurora.metrics import AnswerAccuracy
@@ -396,25 +394,13 @@ def apply_lora(model: AuroraModel, spec: dict[str, Any]) -> None:
 
 # -- gradient checkpointing ------------------------------------------------------------------------------------
 def enable_grad_checkpoint(module: nn.Module, part: str) -> None:
-    """Recompute ``part``'s blocks in the backward pass. Backbones (and encoders) with a ``grad_checkpoint``
-    attribute switch it on; a merging ViT without one gets its per-layer attention and MLP checkpointed."""
+    """Recompute ``part``'s blocks in the backward pass: every backbone and merging ViT has a ``grad_checkpoint``
+    switch."""
     if hasattr(module, "grad_checkpoint"):
         module.grad_checkpoint = True
         return
-    from aurora.components.vision.base import MergingViT
-
-    if isinstance(module, MergingViT):
-        # the layer loop calls attention(layer, x, sizes) and mlp(layer, x) per layer: instance attributes wrap
-        # them (no new parameters, same state dict); the merge between them is cheap and not recomputed
-        for name in ("attention", "mlp"):
-            setattr(module, name, functools.partial(_checkpointed, getattr(module, name)))
-        return
     raise ValueError(f"{part} ({type(module).__name__}) has no gradient checkpointing; parts that have it: rnn "
                      "(every backbone), vision (the merging ViTs)")
-
-
-def _checkpointed(fn: Callable, *args: Any) -> Any:
-    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
 
 
 def block_list(rnn: nn.Module) -> list[nn.Module]:

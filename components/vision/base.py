@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.registry import MERGE
-from aurora.types import VisionEncoder, VisualTokens
+from aurora.types import VisionEncoder, VisualTokens, checkpoint
 
 from .cache import FeatureCache, config_hash, pixels_key, weights_fingerprint
 
@@ -129,6 +129,7 @@ class MergingViT(VisionEncoder):
         self.num_prefix_tokens = num_prefix_tokens
         self.merge = MERGE.build(merge or "none")
         self.frozen = frozen
+        self.grad_checkpoint = False  # recompute each layer's attention and MLP in the backward pass
         if frozen:
             self.requires_grad_(False)
         self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
@@ -238,20 +239,27 @@ class MergingViT(VisionEncoder):
         merged = False
         last = len(self.layers) - 1
         for i, (layer, r) in enumerate(zip(self.layers, self.merge.schedule(n, len(self.layers)))):
-            x, keys = self.attention(layer, x, sizes if merged else None)
+            x, keys = self._run(self.attention, layer, x, sizes if merged else None)
             if r > 0:
                 if finalize is not None and i == last:
                     x, keys, sizes, source = self._merge_with_keys(x, keys, sizes, source, r)
                 else:
                     x, sizes, source = self.merge(x, keys, sizes, source, r)
                 merged = True
-            x = self.mlp(layer, x)
+            x = self._run(self.mlp, layer, x)
         if finalize is not None:
             # keys: the last run layer's head-averaged keys, lined up with x (merged alongside it when that layer
             # merged); None when no layer ran (feature_layer 0): merges that need a metric then use the tokens
             x, sizes, source = finalize(x, keys, sizes, source)
         frames = torch.arange(f, device=x.device)[:, None].expand(f, x.shape[1])
         return VisualTokens(tokens=x, sizes=sizes, source=source, frames=frames)
+
+    def _run(self, fn, *args: Any) -> Any:
+        """One layer step, checkpointed with ``grad_checkpoint`` while training (the merge between the attention and
+        the MLP is cheap and not recomputed)."""
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def _merge_with_keys(self, x: Tensor, keys: Tensor, sizes: Tensor, source: Tensor | None, r: int):
         """The layer's merge, with the keys carried as extra channels: they are merged (size-weighted average)
