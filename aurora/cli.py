@@ -3,7 +3,8 @@
     aurora fit|validate|test|predict --config recipes/demo.yaml [--print_config] [--model.merge.order ...]
     aurora data synthetic --out DIR [--train N --val N --test N --frames F --size S --seed K]
     aurora data convert --annotations A.json --videos DIR --out DIR [--split train] [--shard-size 1GB] [--workers N]
-    aurora demo [--config recipes/demo.yaml] [--out runs/demo]
+    aurora pretrain-vision --config recipes/demo_vision.yaml   (the demo's vision stage: the encoder on labelled frames)
+    aurora demo [--config recipes/demo.yaml] [--vision-config recipes/demo_vision.yaml] [--out runs/demo]
     aurora bench vision [--merges none,tome:0.5,tome:0.1] [--json P --plot P.png]
     aurora bench rnn [--backbones rwkv6,mamba] [--d-model 256 --n-layer 2] [--lengths 1024,4096] [--json P --plot P.png]
     aurora convert --backbone NAME --src PATH --out PATH.safetensors [--format auto|official|hf|state-spaces]
@@ -71,6 +72,31 @@ class AuroraCLI(LightningCLI):
         super().__init__(AuroraModule, AuroraDataModule, *args, **kwargs)
 
 
+class VisionStageCLI(LightningCLI):
+    """LightningCLI over :class:`aurora.vision_stage.VisionStage` and any LightningDataModule of labelled images
+    (``data: {class_path: aurora.data.frames.SyntheticFrameData, ...}``), with :class:`AuroraCLI`'s defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import lightning as L
+
+        from aurora.vision_stage import VisionStage
+
+        kwargs.setdefault("save_config_callback", RunConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "logger": {
+                    "class_path": "aurora.tracking.MLFlowLogger",
+                    "init_args": {"experiment_name": "aurora-vision", "tracking_uri": DEFAULT_TRACKING_URI},
+                },
+                "plugins": [{"class_path": "aurora.callbacks.AtomicCheckpointIO"}],
+            },
+        )
+        super().__init__(VisionStage, L.LightningDataModule, *args, **kwargs)
+
+
 def data_main(argv: list[str]) -> int:
     if argv and argv[0] == "convert":
         from aurora.data.convert import convert_main
@@ -101,11 +127,21 @@ def data_main(argv: list[str]) -> int:
 
 
 def demo_main(argv: list[str]) -> int:
-    """Train the demo recipe, evaluate on held-out videos, and run the frame-order ablation."""
+    """Train the demo in its two stages (the vision encoder on labelled frames, then the whole model on the video
+    QA set with that encoder frozen), evaluate on held-out videos, and run the frame-order ablation."""
     parser = argparse.ArgumentParser(prog="aurora demo", description=demo_main.__doc__)
     parser.add_argument("--config", default="recipes/demo.yaml")
+    parser.add_argument("--vision-config", default="recipes/demo_vision.yaml",
+                        help="the vision stage, run first; 'none' skips it (the video recipe's init_from must exist)")
     parser.add_argument("--out", default=None, help="metrics directory (default: the trainer's default_root_dir)")
     args, overrides = parser.parse_known_args(argv)
+    vision_overrides = [o for o in overrides if o.startswith("--vision.")]
+    overrides = [o for o in overrides if not o.startswith("--vision.")]
+    if args.vision_config != "none":
+        print(f"stage 1/2: the vision encoder on labelled frames ({args.vision_config})", flush=True)
+        VisionStageCLI(args=["fit", "--config", resolve(args.vision_config),
+                             *("--" + o.removeprefix("--vision.") for o in vision_overrides)])
+        print(f"stage 2/2: the whole model on the video QA set ({args.config})", flush=True)
     cli = AuroraCLI(args=["--config", resolve(args.config), *overrides], run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     out = Path(args.out or trainer.default_root_dir)
@@ -142,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:])
     if argv and argv[0] == "demo":
         return demo_main(argv[1:])
+    if argv and argv[0] == "pretrain-vision":
+        VisionStageCLI(args=["fit", *argv[1:]])
+        return 0
     if argv and argv[0] == "bench":
         from aurora.bench import bench_main
 

@@ -41,6 +41,9 @@ class AuroraModule(L.LightningModule):
         init_from: the Lightning checkpoint of an earlier stage (``aurora fit``'s ``last.ckpt``): its model
             weights are loaded (``weights_only``), strictly: every weight present with its shape, nothing extra.
             Optimiser, schedule and step start fresh (``--ckpt_path`` resumes a run instead).
+        init_parts: load only these parts from ``init_from`` (each strictly), e.g. ``[vision]`` from the
+            checkpoint of a vision stage (:mod:`aurora.vision_stage`); the other parts keep their initialisation.
+            Without ``init_from`` nothing is loaded.
         lora: LoRA adapters on the language model's linear layers (needs ``peft``): ``r``, ``alpha``,
             ``dropout``, ``target_modules`` (module-name suffixes like ``[att.key, ffn.value]``, or one regex
             matched against the full name) and ``bias``. Only the adapters of the language model then train.
@@ -67,6 +70,7 @@ class AuroraModule(L.LightningModule):
         categories: list[str] | None = None,
         max_new_tokens: int = 16,
         init_from: str | None = None,
+        init_parts: list[str] | None = None,
         lora: dict[str, Any] | None = None,
         grad_checkpoint: list[str] | None = None,
         nonfinite: str = "halt",
@@ -83,8 +87,16 @@ class AuroraModule(L.LightningModule):
         for part in lr_mult or {}:
             if part != "lora":
                 self._part(part)
+        for part in init_parts or []:
+            self._part(part)
         stage = read_stage(init_from) if init_from else None
         stage_lora = stage is not None and any("lora_" in k for k in stage["state_dict"])
+        if stage is not None and init_parts is not None:
+            if stage_lora:
+                raise ValueError(f"init_parts cannot take parts of {init_from}: it holds LoRA adapters")
+            for part in init_parts:
+                load_weights(self._part(part), stage, f"{MODEL_PREFIX}{part}.", f"this stage's {part}")
+            stage = None
         if stage_lora and not lora:
             raise ValueError(f"init_from {init_from} holds LoRA adapters; give this stage the same `lora:` settings "
                              "(or merge the adapters into the weights first)")
@@ -345,6 +357,9 @@ def read_stage(path: str | Path) -> dict[str, Any]:
     """The Lightning checkpoint an earlier stage wrote (``weights_only``), with a clear error for a sharded one."""
     from aurora.checkpoint import read_checkpoint
 
+    if not Path(path).exists():
+        raise FileNotFoundError(f"init_from {path} not found: run the stage that writes it first (the recipe's "
+                                "header names it), or set init_from: null")
     if Path(path).is_dir():
         raise ValueError(
             f"init_from {path} is a directory (a sharded FSDP checkpoint?); consolidate it into one file with "

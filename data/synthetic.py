@@ -40,10 +40,10 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np
     raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
 
 
-def render(color: str, shape: str, direction: str, frames: int, size: int, rng: random.Random,
-           shape_size: float = 0.14) -> np.ndarray:
-    """(frames, size, size, 3) uint8: the shape crossing the frame from one side towards the other;
-    ``shape_size`` is the shape's radius as a fraction of the frame size."""
+def trajectory(direction: str, frames: int, size: int, rng: random.Random,
+               shape_size: float = 0.14) -> list[tuple[float, float]]:
+    """The shape's centre (x, y) in pixels in each of ``frames`` frames: crossing the frame from one side towards
+    the other; ``shape_size`` is the shape's radius as a fraction of the frame size."""
     if not 0.02 <= shape_size <= 0.3:
         raise ValueError(f"shape_size must be in [0.02, 0.3] (radius / frame size), got {shape_size}")
     radius = size * shape_size
@@ -53,13 +53,21 @@ def render(color: str, shape: str, direction: str, frames: int, size: int, rng: 
     start = margin + rng.uniform(0, 0.1) * travel  # along the motion axis, from the side it leaves
     length = travel * rng.uniform(0.75, 0.9)
     across = rng.uniform(margin, size - margin)  # the other coordinate stays put
-    out = np.zeros((frames, size, size, 3), dtype=np.uint8)
-    rgb = np.array(COLORS[color], dtype=np.uint8)
+    centres = []
     for t in range(frames):
         along = start + length * t / max(1, frames - 1)
         pos = along if (dx + dy) > 0 else size - along
-        cx, cy = (pos, across) if dx else (across, pos)
-        out[t][shape_mask(shape, size, cx, cy, radius)] = rgb
+        centres.append((pos, across) if dx else (across, pos))
+    return centres
+
+
+def render(color: str, shape: str, direction: str, frames: int, size: int, rng: random.Random,
+           shape_size: float = 0.14) -> np.ndarray:
+    """(frames, size, size, 3) uint8: the shape moving along :func:`trajectory` on a black frame."""
+    out = np.zeros((frames, size, size, 3), dtype=np.uint8)
+    rgb = np.array(COLORS[color], dtype=np.uint8)
+    for t, (cx, cy) in enumerate(trajectory(direction, frames, size, rng, shape_size)):
+        out[t][shape_mask(shape, size, cx, cy, radius=size * shape_size)] = rgb
     return out
 
 
