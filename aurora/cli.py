@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,17 +138,28 @@ def demo_main(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     vision_overrides = [o for o in overrides if o.startswith("--vision.")]
     overrides = [o for o in overrides if not o.startswith("--vision.")]
+    vision_stage: dict[str, Any] | None = None
     if args.vision_config != "none":
         print(f"stage 1/2: the vision encoder on labelled frames ({args.vision_config})", flush=True)
-        VisionStageCLI(args=["fit", "--config", resolve(args.vision_config),
-                             *("--" + o.removeprefix("--vision.") for o in vision_overrides)])
+        start = time.perf_counter()
+        stage1 = VisionStageCLI(args=["fit", "--config", resolve(args.vision_config),
+                                      *("--" + o.removeprefix("--vision.") for o in vision_overrides)])
+        vision_stage = {
+            "config": args.vision_config, "steps": stage1.trainer.global_step,
+            "seconds": round(time.perf_counter() - start, 1),
+            "val": {k.removeprefix("val/"): float(v) for k, v in stage1.trainer.callback_metrics.items()
+                    if k.startswith("val/")},
+        }
+        print("vision stage, held-out frames: " + ", ".join(f"{k} {v:.3f}" for k, v in vision_stage["val"].items()))
         print(f"stage 2/2: the whole model on the video QA set ({args.config})", flush=True)
+    start = time.perf_counter()
     cli = AuroraCLI(args=["--config", resolve(args.config), *overrides], run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     out = Path(args.out or trainer.default_root_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     trainer.fit(model, datamodule=dm)
+    video_seconds = round(time.perf_counter() - start, 1)
     results: dict[str, Any] = {}
     for order in ("original", "shuffled", "reversed"):
         dm.frame_order = order
@@ -162,7 +174,9 @@ def demo_main(argv: list[str]) -> int:
         "per_category": {k.removeprefix("accuracy_"): v for k, v in main.items() if k.startswith("accuracy_")},
         "frame_order_ablation": results,
         "train_steps": trainer.global_step,
+        "train_seconds": video_seconds,
         "config": args.config,
+        "vision_stage": vision_stage,
     }
     write_json(out / "metrics.json", summary)
     for order, m in results.items():

@@ -21,7 +21,7 @@ def write_grid(tmp_path, axes=None, **extra):
             "data.data_dir": str(tmp_path / "data"),
             "data.synthetic": {"train": 16, "val": 4, "test": 6, "frames": 4, "size": 32},
             "data.image_size": 32, "data.batch_size": 4, "data.num_workers": 0, "data.num_frames": 2,
-            "model.vision.image_size": 32,
+            "model.vision.image_size": 32, "model.init_from": None,  # a random encoder: no vision stage here
         },
         "axes": axes or [{"name": "order", "key": "model.merge.order", "values": ["original", "size_ascending"]}],
         **extra,

@@ -10,6 +10,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo.yaml"
+DEMO_VISION = ROOT / "recipes" / "demo_vision.yaml"
+VISION_TINY = [
+    "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.max_time=null",
+    "--data.init_args.batch_size=8", "--data.init_args.val_clips=1", "--data.init_args.num_workers=0",
+]
 TINY = [
     "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
     "--trainer.max_time=null", "--data.batch_size=4", "--data.num_workers=0",
@@ -33,6 +38,11 @@ def test_print_config_resolves_the_demo_recipe(tmp_path):
 
 
 def test_two_step_fit_through_the_cli(tmp_path):
+    r = aurora("fit", "--config", DEMO, *TINY, cwd=tmp_path)  # stage 2 before stage 1: says what to run
+    assert r.returncode != 0 and "runs/demo/vision/checkpoints/last.ckpt not found" in r.stderr
+    r = aurora("pretrain-vision", "--config", DEMO_VISION, *VISION_TINY, cwd=tmp_path)  # stage 1
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "runs/demo/vision/checkpoints/last.ckpt").exists()
     r = aurora("fit", "--config", DEMO, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "runs/demo/data/manifest.json").exists()  # the synthetic set was written on first use
@@ -42,6 +52,9 @@ def test_two_step_fit_through_the_cli(tmp_path):
 
     ckpt = torch.load(tmp_path / "runs/demo/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 2
+    stage1 = torch.load(tmp_path / "runs/demo/vision/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    vision = {k: v for k, v in stage1["state_dict"].items() if k.startswith("model.vision.")}
+    assert vision and all(torch.equal(ckpt["state_dict"][k], v) for k, v in vision.items())  # taken, kept frozen
     assert (tmp_path / "runs/demo/config.yaml").exists()
 
     # the checkpoint serves `aurora test` and `aurora predict` (JSON lines, one per test video)
@@ -56,7 +69,7 @@ def test_two_step_fit_through_the_cli(tmp_path):
 
 
 def test_unknown_part_name_lists_the_known_ones(tmp_path):
-    r = aurora("fit", "--config", DEMO, *TINY, "--model.rnn.name=nope", cwd=tmp_path)
+    r = aurora("fit", "--config", DEMO, *TINY, "--model.init_from=null", "--model.rnn.name=nope", cwd=tmp_path)
     assert r.returncode != 0
     assert "unknown rnn backbone 'nope'" in r.stderr and "rwkv6" in r.stderr
 

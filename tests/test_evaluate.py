@@ -403,7 +403,7 @@ def test_aurora_eval_end_to_end_from_a_two_step_fit(videos, tmp_path, monkeypatc
     from aurora.cli import main
 
     monkeypatch.chdir(tmp_path)  # the demo recipe writes under runs/
-    rc = main(["fit", "--config", str(ROOT / "recipes/demo.yaml"), "--trainer.max_steps=2",
+    rc = main(["fit", "--config", str(ROOT / "recipes/demo.yaml"), "--model.init_from=null", "--trainer.max_steps=2",
                "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.max_time=null",
                "--trainer.enable_progress_bar=false", "--data.batch_size=2", "--data.num_workers=0",
                "--data.synthetic.train=4", "--data.synthetic.val=2", "--data.synthetic.test=2"])

@@ -304,7 +304,7 @@ def fitted(tmp_path_factory):
     run = tmp_path_factory.mktemp("fit")
     r = subprocess.run(
         [sys.executable, "-m", "aurora.cli", "fit", "--config", str(ROOT / "recipes/demo.yaml"),
-         "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+         "--model.init_from=null", "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.logger=false",
          "--trainer.max_time=null", "--data.batch_size=2", "--data.num_workers=0", "--data.synthetic.train=4",
          "--data.synthetic.val=2", "--data.synthetic.test=3"],
         cwd=run, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
