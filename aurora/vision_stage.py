@@ -69,12 +69,15 @@ class VisionStage(L.LightningModule):
         if missing:
             raise KeyError(f"the batch lacks the label(s) {', '.join(missing)}; it has {', '.join(batch['labels'])}")
         loss = 0.0
+        logged = self._trainer is not None  # also callable outside a Trainer (tests, notebooks)
         for name, head in self.heads.items():
             logits, target = head(feat), batch["labels"][name]
             loss = loss + F.cross_entropy(logits, target)
-            acc = (logits.argmax(-1) == target).float().mean()
-            self.log(f"{split}/acc_{name}", acc, prog_bar=split == "val", batch_size=len(target))
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=feat.shape[0])
+            if logged:
+                acc = (logits.argmax(-1) == target).float().mean()
+                self.log(f"{split}/acc_{name}", acc, prog_bar=split == "val", batch_size=len(target))
+        if logged:
+            self.log(f"{split}/loss", loss, prog_bar=True, batch_size=feat.shape[0])
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
