@@ -16,12 +16,11 @@ import random
 from typing import Any, Iterator, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from aurora.data.synthetic import COLORS, DIRECTIONS, SHAPES, shape_mask, trajectory
+from aurora.data.synthetic import COLORS, DIRECTIONS, SHAPES, paint, trajectory
 from aurora.data.video import decode_video, encode_mp4, to_pixels
 
 VAL_SEED = 7_000_003  # a stream of its own, apart from the video splits' seeds
@@ -39,15 +38,17 @@ def render_clip(rng: random.Random, frames: int = 8, size: int = 64, shape_size:
     and per-frame labels (each a (frames,) long tensor)."""
     color, shape, direction = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(DIRECTIONS))
     centres = trajectory(direction, frames, size, rng, shape_size)
-    video = np.zeros((frames, size, size, 3), dtype=np.uint8)
-    for t, (cx, cy) in enumerate(centres):
-        video[t][shape_mask(shape, size, cx, cy, size * shape_size)] = COLORS[color]
-    pixels = to_pixels(decode_video(encode_mp4(video)), image_size, mean, std)
+    pixels = to_pixels(decode_video(encode_mp4(paint(color, shape, centres, size, shape_size))), image_size, mean, std)
     cells = torch.tensor([[min(grid - 1, int(cy / size * grid)), min(grid - 1, int(cx / size * grid))]
                           for cx, cy in centres])
     labels = {"color": torch.full((frames,), list(COLORS).index(color)),
               "shape": torch.full((frames,), SHAPES.index(shape)), "row": cells[:, 0], "col": cells[:, 1]}
     return pixels, labels
+
+
+def split_frames(pixels: Tensor, labels: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """A clip's frames as samples: ``{"pixels": (3, S, S), "labels": {name: int}}``."""
+    return [{"pixels": pixels[t], "labels": {k: int(v[t]) for k, v in labels.items()}} for t in range(pixels.shape[0])]
 
 
 class SyntheticFrames(IterableDataset):
@@ -61,20 +62,13 @@ class SyntheticFrames(IterableDataset):
         info = get_worker_info()
         rng = random.Random(self.seed * 1_000_003 + (info.id if info else 0))
         while True:
-            pixels, labels = render_clip(rng, **self.clip)
-            for t in range(pixels.shape[0]):
-                yield {"pixels": pixels[t], "labels": {k: int(v[t]) for k, v in labels.items()}}
+            yield from split_frames(*render_clip(rng, **self.clip))
 
 
 def held_out_frames(clips: int, seed: int = VAL_SEED, **clip: Any) -> list[dict[str, Any]]:
     """A fixed validation set: every frame of ``clips`` clips from a stream of its own."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(clips):
-        pixels, labels = render_clip(rng, **clip)
-        out += [{"pixels": pixels[t], "labels": {k: int(v[t]) for k, v in labels.items()}}
-                for t in range(pixels.shape[0])]
-    return out
+    return [sample for _ in range(clips) for sample in split_frames(*render_clip(rng, **clip))]
 
 
 class SyntheticFrameData(L.LightningDataModule):

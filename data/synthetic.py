@@ -61,14 +61,19 @@ def trajectory(direction: str, frames: int, size: int, rng: random.Random,
     return centres
 
 
+def paint(color: str, shape: str, centres: list[tuple[float, float]], size: int, shape_size: float) -> np.ndarray:
+    """(len(centres), size, size, 3) uint8: the shape at each centre on a black frame."""
+    out = np.zeros((len(centres), size, size, 3), dtype=np.uint8)
+    rgb = np.array(COLORS[color], dtype=np.uint8)
+    for t, (cx, cy) in enumerate(centres):
+        out[t][shape_mask(shape, size, cx, cy, radius=size * shape_size)] = rgb
+    return out
+
+
 def render(color: str, shape: str, direction: str, frames: int, size: int, rng: random.Random,
            shape_size: float = 0.14) -> np.ndarray:
     """(frames, size, size, 3) uint8: the shape moving along :func:`trajectory` on a black frame."""
-    out = np.zeros((frames, size, size, 3), dtype=np.uint8)
-    rgb = np.array(COLORS[color], dtype=np.uint8)
-    for t, (cx, cy) in enumerate(trajectory(direction, frames, size, rng, shape_size)):
-        out[t][shape_mask(shape, size, cx, cy, radius=size * shape_size)] = rgb
-    return out
+    return paint(color, shape, trajectory(direction, frames, size, rng, shape_size), size, shape_size)
 
 
 def question_for(category: str, color: str, shape: str, direction: str) -> tuple[str, str, list[str]]:

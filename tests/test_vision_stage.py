@@ -46,7 +46,7 @@ def test_frame_stream_is_seeded_and_the_held_out_set_fixed():
     c = [s["labels"] for s, _ in zip(SyntheticFrames(6, **CLIP), range(8))]
     assert a == b and a != c
     assert [s["labels"] for s in held_out_frames(2, **CLIP)] == [s["labels"] for s in held_out_frames(2, **CLIP)]
-    dm = SyntheticFrameData(**{k: v for k, v in CLIP.items()}, batch_size=4, val_clips=1, num_workers=0)
+    dm = SyntheticFrameData(**CLIP, batch_size=4, val_clips=1, num_workers=0)
     batch = next(iter(dm.train_dataloader()))
     assert batch["pixels"].shape == (4, 3, 32, 32) and batch["labels"]["row"].shape == (4,)
     assert len(dm.val_dataloader().dataset) == 4
