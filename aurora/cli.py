@@ -58,19 +58,25 @@ class AuroraCLI(LightningCLI):
     sqlite store, and a config.yaml per run that a re-run may overwrite."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("save_config_callback", RunConfig)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault(
-            "trainer_defaults",
-            {
-                "logger": {
-                    "class_path": "aurora.tracking.MLFlowLogger",
-                    "init_args": {"experiment_name": "aurora", "tracking_uri": DEFAULT_TRACKING_URI},
-                },
-                "plugins": [{"class_path": "aurora.callbacks.AtomicCheckpointIO"}],  # checkpoints: tmp + rename
+        super().__init__(AuroraModule, AuroraDataModule, *args, **with_defaults(kwargs, "aurora"))
+
+
+def with_defaults(kwargs: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """Our LightningCLI defaults: the recipe saved as config.yaml (a re-run may overwrite it), MLflow in the local
+    sqlite store under ``experiment``, checkpoints written atomically (tmp + rename)."""
+    kwargs.setdefault("save_config_callback", RunConfig)
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    kwargs.setdefault(
+        "trainer_defaults",
+        {
+            "logger": {
+                "class_path": "aurora.tracking.MLFlowLogger",
+                "init_args": {"experiment_name": experiment, "tracking_uri": DEFAULT_TRACKING_URI},
             },
-        )
-        super().__init__(AuroraModule, AuroraDataModule, *args, **kwargs)
+            "plugins": [{"class_path": "aurora.callbacks.AtomicCheckpointIO"}],
+        },
+    )
+    return kwargs
 
 
 class VisionStageCLI(LightningCLI):
@@ -82,20 +88,8 @@ class VisionStageCLI(LightningCLI):
 
         from aurora.vision_stage import VisionStage
 
-        kwargs.setdefault("save_config_callback", RunConfig)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault(
-            "trainer_defaults",
-            {
-                "logger": {
-                    "class_path": "aurora.tracking.MLFlowLogger",
-                    "init_args": {"experiment_name": "aurora-vision", "tracking_uri": DEFAULT_TRACKING_URI},
-                },
-                "plugins": [{"class_path": "aurora.callbacks.AtomicCheckpointIO"}],
-            },
-        )
-        super().__init__(VisionStage, L.LightningDataModule, *args, **kwargs)
+        super().__init__(VisionStage, L.LightningDataModule, *args, **with_defaults(kwargs, "aurora-vision"))
 
 
 def data_main(argv: list[str]) -> int:

@@ -278,8 +278,7 @@ class AuroraModule(L.LightningModule):
             for name, p in getattr(self.model, part).named_parameters():
                 if not p.requires_grad:
                     continue
-                # decay only matrix weights of linear maps; never norms, biases, embeddings or RNN mixing vectors
-                decay = p.ndim >= 2 and name.endswith("weight") and "emb" not in name
+                decay = decays(name, p)
                 group = ("lora" if "lora_" in name else part) + ("" if decay else "/no_decay")
                 buckets.setdefault(group, []).append(p)
             for group, params in buckets.items():
@@ -324,6 +323,12 @@ class AuroraModule(L.LightningModule):
         total = math.ceil(per_epoch / trainer.accumulate_grad_batches) * epochs
         log.info("schedule length from the manifest: %d samples -> %d optimiser steps", count, total)
         return total
+
+
+def decays(name: str, p: torch.nn.Parameter) -> bool:
+    """Weight decay applies to the matrix weights of linear maps only; never to norms, biases, embeddings (position
+    embeddings included) or RNN mixing vectors."""
+    return p.ndim >= 2 and name.endswith("weight") and "emb" not in name
 
 
 def lr_schedule(kind: str, total_steps: int | None, warmup_ratio: float, min_ratio: float,

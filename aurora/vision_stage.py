@@ -87,11 +87,12 @@ class VisionStage(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        from aurora.lit import lr_schedule
+        from aurora.lit import decays, lr_schedule
 
         hp = self.hparams
-        decay = [p for n, p in self.named_parameters() if p.requires_grad and p.ndim >= 2 and "emb" not in n]
-        rest = [p for n, p in self.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "emb" not in n)]
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decay = [p for n, p in trainable if decays(n, p)]
+        rest = [p for n, p in trainable if not decays(n, p)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=hp.lr, fused=True)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
