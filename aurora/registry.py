@@ -2,9 +2,15 @@
 
 A part is one file plus one ``@REGISTRY.register("name")`` line. Recipes name a part and give its
 arguments as a plain mapping, e.g. ``rnn: {name: rwkv6, n_layer: 2, d_model: 128}``.
+
+A registry fills itself on first use: looking a name up imports its ``home`` package (e.g.
+``aurora.components.rnn``), whose ``__init__`` imports every part of that kind. So ``RNN.build(...)`` works from
+Python without importing the parts first, and no module needs an ``import aurora.components`` line for its side
+effect.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 T = TypeVar("T")
@@ -13,10 +19,19 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> constructor table for one kind of part, with helpful errors."""
 
-    def __init__(self, kind: str, plural: str | None = None) -> None:
+    def __init__(self, kind: str, plural: str | None = None, home: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or kind + "s"
+        self.home = home  # the package whose import registers every entry (None: entries register themselves)
         self._entries: dict[str, Callable[..., T]] = {}
+        self._filled = home is None
+
+    def _fill(self) -> None:
+        """Import the home package once, on the first lookup (the flag is set first: the package's own modules
+        may look names up while it is being imported)."""
+        if not self._filled:
+            self._filled = True
+            importlib.import_module(self.home)
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def add(obj: Callable[..., T]) -> Callable[..., T]:
@@ -28,12 +43,15 @@ class Registry(Generic[T]):
         return add
 
     def names(self) -> list[str]:
+        self._fill()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._fill()
         return name in self._entries
 
     def get(self, name: str) -> Callable[..., T]:
+        self._fill()
         try:
             return self._entries[name]
         except KeyError:
@@ -53,8 +71,8 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs, **extra)
 
 
-VISION: Registry = Registry("vision backbone")
-MERGE: Registry = Registry("merge strategy", "merge strategies")
-ORDER: Registry = Registry("token ordering")
-PROJECTOR: Registry = Registry("projector")
-RNN: Registry = Registry("rnn backbone")
+VISION: Registry = Registry("vision backbone", home="aurora.components.vision")
+MERGE: Registry = Registry("merge strategy", "merge strategies", home="aurora.components.merge")
+ORDER: Registry = Registry("token ordering", home="aurora.components.merge")
+PROJECTOR: Registry = Registry("projector", home="aurora.components.projector")
+RNN: Registry = Registry("rnn backbone", home="aurora.components.rnn")
