@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -34,9 +34,10 @@ from torch import Tensor
 
 from aurora.data.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Benchmark, BenchmarkFormatError, Sample,
                                     Segment, read_benchmark)
-from aurora.data.video import VideoDecodeError, iter_frame_chunks, probe_video, to_pixels, uniform_indices
+from aurora.data.video import (DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, iter_frame_chunks, probe_video, to_pixels,
+                               uniform_indices)
 from aurora.io import atomic_write_text, write_json
-from aurora.metrics import normalize_answer
+from aurora.evaluation.options import Choice, extract_choice
 
 Predictor = Callable[..., str]  # predict(video_path: str, prompt_text: str[, segment=Segment]) -> str
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -111,100 +112,6 @@ class PromptBuilder:
 
 
 # ------------------------------------------------------------------------------------------------ answers
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The option a response names: ``index`` (None when it names none or several) and how it was found:
-    ``letter``, ``text`` (an option's text, no letter), ``ambiguous`` (several options) or ``none``."""
-
-    index: int | None
-    how: str
-
-
-_BARE = re.compile(r"^[\s(\[]*([A-Za-z])[\s)\].:]*$")  # "B", "(B)", "B.", "b)"
-_LEAD = re.compile(r"^[\s(\[]*([A-Za-z])(?:[)\].:]|\s*-\s)\s*(.*)$", re.S)  # "B. dog", "(b) dog", "B) dog"
-_PHRASE = re.compile(r"\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be))?\s*[:：]?\s*([(\[]?)"
-                     r"([A-Za-z])(?![A-Za-z'])", re.I)  # "The answer is B", "answer: b) dog", "option (C)"
-_CAPITAL = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")  # a standalone capital letter
-
-
-def extract_choice(response: str, options: Sequence[str]) -> Choice:
-    """Which of ``options`` a free-text response names.
-
-    In order: the response is just a letter ("B", "(B)", "B."); an answer phrase ("The answer is B",
-    "answer: b) dog"); a leading letter ("B. dog"); then an option's text without a letter ("the dog") and a
-    standalone capital letter in a sentence ("I think B"), which must agree when both appear. A response naming
-    more than one option, or a letter whose text is another option's, is ``ambiguous``: scored wrong and
-    counted.
-    """
-    text = response.strip()
-    valid = LETTERS[: len(options)]
-    if not text:
-        return Choice(None, "none")
-    norm_opts = [normalize_answer(o) for o in options]
-
-    def letters_found(found: list[str]) -> Choice | None:
-        found = [f.upper() for f in found if len(f) == 1 and f.upper() in valid]
-        if not found:
-            return None
-        if len(set(found)) > 1:
-            return Choice(None, "ambiguous")
-        return Choice(valid.index(found[0]), "letter")
-
-    m = _BARE.match(text)
-    if m and m.group(1).upper() in valid:
-        return Choice(valid.index(m.group(1).upper()), "letter")
-    phrase = [m for m in _PHRASE.finditer(text) if m.group(1) or not _article(m.group(2), text[m.end():])]
-    found = letters_found([m.group(2) for m in phrase] + [_alternative(text[m.end():]) for m in phrase])
-    if found is not None:
-        return found
-    m = _LEAD.match(text)
-    if m and m.group(1).upper() in valid:
-        if letters_found([m.group(1), _alternative(text[m.end(1):])]).index is None:
-            return Choice(None, "ambiguous")  # "(A) or (B)"
-        i = valid.index(m.group(1).upper())
-        rest = normalize_answer(m.group(2))
-        if rest and rest != norm_opts[i] and rest in norm_opts:
-            return Choice(None, "ambiguous")  # "(B) cat" when cat is option A
-        return Choice(i, "letter")
-    by_text = _options_in_text(normalize_answer(text), norm_opts)
-    caps = letters_found([m.group(1) for m in _CAPITAL.finditer(text) if not _article(m.group(1), text[m.end():])])
-    if len(by_text) > 1 or (caps is not None and caps.index is None):
-        return Choice(None, "ambiguous")
-    if by_text and caps is not None:  # "B, the dog": the letter and the text must agree
-        return caps if caps.index == by_text[0] else Choice(None, "ambiguous")
-    if by_text:
-        return Choice(by_text[0], "text")
-    return caps if caps is not None else Choice(None, "none")
-
-
-_ALTERNATIVE = re.compile(r"[\s)\].]*(?:or|and|/|,)\s*[(\[]?([A-Za-z])(?![A-Za-z'])")
-
-
-def _alternative(after: str) -> str:
-    """The letter of a second option offered right after the first ("A or C", "(A)/(B)"), else ""."""
-    m = _ALTERNATIVE.match(after)
-    return m.group(1) if m else ""
-
-
-def _article(letter: str, after: str) -> bool:
-    """Whether ``letter`` followed by ``after`` reads as the word "a" or "I" ("a dog", "I think"), not an option
-    letter ("A or B" still names A)."""
-    return (letter in "aAI" and re.match(r"\s+[A-Za-z]", after) is not None
-            and re.match(r"\s+(?:or|and|nor)\b", after) is None)
-
-
-def _options_in_text(text: str, options: list[str]) -> list[int]:
-    """Options whose (normalised) text appears in ``text`` as whole words; a match inside a longer matching
-    option ("dog" inside "hot dog") does not count."""
-    spans = []
-    for i, opt in enumerate(options):
-        if opt:
-            for m in re.finditer(rf"(?<!\S){re.escape(opt)}(?!\S)", text):
-                spans.append((m.start(), m.end(), i))
-    keep = {i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)}
-    return sorted(keep)
 
 
 def open_ended_scores(prediction: str, answer: str) -> tuple[float, float]:
@@ -408,7 +315,7 @@ def lmms_eval_log(report: Report, model_name: str, model_args: str, gen_kwargs: 
             "output_type": "generate_until", "num_fewshot": 0,
             "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in names],
             "generation_kwargs": dict(gen_kwargs), "repeats": 1, "should_decontaminate": False,
-            "metadata": {"version": 0.0, "source": "aurora.evaluate"},
+            "metadata": {"version": 0.0, "source": "aurora.evaluation.run"},
         }
         for t in all_tasks
     }
@@ -505,19 +412,11 @@ PROTOCOL_NOTES = {
 # ------------------------------------------------------------------------------------------------ the model
 
 
-def _find_recipe(ckpt: Path) -> Path | None:
-    """The config.yaml the training run wrote: beside the checkpoint or one folder up (runs/x/checkpoints/)."""
-    for p in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
-        if p.is_file():
-            return p
-    return None
-
-
 class AuroraPredictor:
     """The default predictor: an Aurora model from a Lightning checkpoint, answering greedily.
 
     The model is rebuilt from the checkpoint's hyperparameters and its weights loaded strictly
-    (:func:`aurora.checkpoint.load_model`). Frames are sampled uniformly (``frames``, default the recipe's
+    (:func:`aurora.model.load_model`). Frames are sampled uniformly (``frames``, default the recipe's
     ``data.num_frames``) and preprocessed as in training (``data.image_size``, ``mean``, ``std``); the question
     goes through the recipe's sandwich prompt template. The recipe is ``config`` or the ``config.yaml`` the
     training run wrote next to its checkpoints; without one, the datamodule's defaults.
@@ -525,18 +424,18 @@ class AuroraPredictor:
 
     def __init__(self, ckpt: str | Path, config: str | None = None, frames: int | None = None,
                  max_new_tokens: int | None = None, device: str = "cpu", dtype: str = "float32") -> None:
-        from aurora.checkpoint import load_model
+        from aurora.model import load_model
         from aurora.data.prompt import PromptTemplate, Tokenizer
-        from aurora.viz import _section, load_recipe
+        from aurora.infer.runconfig import find_run_config, load_recipe, section
 
         ckpt = Path(ckpt)
         self.model, hp = load_model(ckpt)
-        recipe_path = config or _find_recipe(ckpt)
-        data = _section(load_recipe(str(recipe_path)), "data") if recipe_path else {}
+        recipe_path = config or find_run_config(ckpt)
+        data = section(load_recipe(recipe_path), "data") if recipe_path else {}
         self.num_frames = int(frames or data.get("num_frames") or 8)
         self.image_size = int(data.get("image_size") or self.model.vision.config.image_size)
-        self.mean = tuple(data.get("mean") or (0.5, 0.5, 0.5))
-        self.std = tuple(data.get("std") or (0.5, 0.5, 0.5))
+        self.mean = tuple(data.get("mean") or DEFAULT_MEAN)
+        self.std = tuple(data.get("std") or DEFAULT_STD)
         self.template = PromptTemplate(**(data.get("template") or {}))
         self.tokenizer = Tokenizer()
         self.max_new_tokens = int(max_new_tokens or hp.get("max_new_tokens") or 16)
@@ -603,13 +502,13 @@ def eval_main(argv: list[str]) -> int:
         if v is not None and v < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     from aurora.checkpoint import CheckpointError
-    from aurora.viz import VizError
+    from aurora.infer.runconfig import RecipeError
 
     try:
         bench = read_benchmark(args.benchmark, args.annotations, args.videos)
         print(bench.summary(), file=sys.stderr)
         predictor = AuroraPredictor(args.ckpt, args.config, args.frames, args.max_new_tokens, args.device, args.dtype)
-    except (BenchmarkFormatError, CheckpointError, VizError, FileNotFoundError) as e:
+    except (BenchmarkFormatError, CheckpointError, RecipeError, FileNotFoundError) as e:
         print(f"aurora eval: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     report = evaluate(bench, predictor, limit=args.limit, progress=sys.stderr.isatty())

@@ -1,42 +1,10 @@
 """Answer accuracy for video QA: exact answers and multiple choice, overall and per question category."""
 from __future__ import annotations
 
-import re
-import string
-
 import torch
 from torchmetrics import Metric
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def match_option(prediction: str, options: list[str] | None) -> str:
-    """The option a free-text prediction names (the first option word it contains, earliest first);
-    the normalised prediction itself when there are no options or none is named."""
-    pred = normalize_answer(prediction)
-    if not options:
-        return pred
-    words = pred.split()
-    norm = [normalize_answer(o) for o in options]
-    if pred in norm:
-        return pred
-    best, where = None, len(words) + 1
-    for opt in norm:
-        n = len(opt.split())
-        for i in range(len(words) - n + 1):
-            if " ".join(words[i : i + n]) == opt and i < where:
-                best, where = opt, i
-                break
-    return best if best is not None else pred
-
-
-def is_correct(prediction: str, answer: str, options: list[str] | None = None) -> bool:
-    return match_option(prediction, options) == normalize_answer(answer)
+from aurora.evaluation.options import is_correct
 
 
 class AnswerAccuracy(Metric):
