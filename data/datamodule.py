@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from aurora.data.prompt import PromptTemplate, Tokenizer
 from aurora.data.shards import FRAME_ORDERS, OVERLONG, VideoQADataset, collate, expand_shards
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class AuroraDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         num_frames: int = 8,
         image_size: int = 64,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        mean: tuple[float, float, float] = DEFAULT_MEAN,
+        std: tuple[float, float, float] = DEFAULT_STD,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from aurora.data.synthetic import COLORS, DIRECTIONS, SHAPES, paint, trajectory
-from aurora.data.video import decode_video, encode_mp4, to_pixels
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, decode_video, encode_mp4, to_pixels
 
 VAL_SEED = 7_000_003  # a stream of its own, apart from the video splits' seeds
 
@@ -32,7 +32,7 @@ def frame_label_classes(grid: int) -> dict[str, int]:
 
 
 def render_clip(rng: random.Random, frames: int = 8, size: int = 64, shape_size: float = 0.14, grid: int = 4,
-                image_size: int = 64, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                image_size: int = 64, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
                 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One clip as the video pipeline sees it (rendered, H.264 round trip, normalised): pixels (frames, 3, S, S)
     and per-frame labels (each a (frames,) long tensor)."""
@@ -83,7 +83,7 @@ class SyntheticFrameData(L.LightningDataModule):
     """
 
     def __init__(self, frames: int = 8, size: int = 64, shape_size: float = 0.14, grid: int = 4,
-                 image_size: int = 64, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                 image_size: int = 64, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
                  batch_size: int = 64, val_clips: int = 64, num_workers: int = 1, seed: int = 0) -> None:
         super().__init__()
         if grid < 1:

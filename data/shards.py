@@ -26,7 +26,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from aurora.data.prompt import PromptTemplate, Tokenizer, question_and_answer
-from aurora.data.video import VideoDecodeError, decode_video, to_pixels
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, decode_video, to_pixels
 from aurora.types import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class VideoQADataset(IterableDataset):
         shards: str | Sequence[str],
         num_frames: int = 8,
         image_size: int = 64,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
         tokenizer: Tokenizer | None = None,
         template: PromptTemplate | None = None,
         frame_order: str = "original",

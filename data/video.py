@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+# the preprocessing default everywhere (datamodule, streaming engine, evaluation, viz): SigLIP's normalisation
+DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
 class VideoDecodeError(ValueError):
@@ -69,8 +71,8 @@ def decode_video(data: bytes, num_frames: int | None = None) -> Tensor:
 def to_pixels(
     frames: Tensor,
     image_size: int,
-    mean: Sequence[float] = (0.5, 0.5, 0.5),
-    std: Sequence[float] = (0.5, 0.5, 0.5),
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
     crop: bool = True,
 ) -> Tensor:
     """uint8 (F, H, W, 3) -> normalised float (F, 3, S, S): short side resized to ``image_size`` (bicubic,

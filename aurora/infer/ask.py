@@ -1,0 +1,175 @@
+"""``aurora ask``: one question about one video, or the question of every sample of a shard set, answered by the
+streaming engine (:mod:`aurora.infer.engine`, whose docstring says how a video is read and what a state is)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from aurora.data.prompt import question_and_answer
+from aurora.data.video import VideoDecodeError
+from aurora.infer.engine import Generation, StreamEngine, StreamError, engine_from_checkpoint
+from aurora.io import atomic_open
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ many videos
+
+
+def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str | os.PathLike,
+                   frames: int | None = None, fps: float | None = None, gen: Generation | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+    """Answer the question of every sample of a WebDataset shard set (``KEY.mp4`` + ``KEY.json``) with the
+    streaming engine; JSON lines ``{id, question, answer, prediction}`` written to ``out`` atomically. A
+    sample that cannot be read (bad JSON, undecodable video) is skipped, counted by reason and logged."""
+    from aurora.data.shards import VideoQADataset
+
+    ds = VideoQADataset(shards, tokenizer=engine.tokenizer, template=engine.template)
+    written = 0
+    with atomic_open(out) as f:
+        for raw in ds.raw_samples():
+            key = raw.get("__key__", "?")
+            try:
+                if "mp4" not in raw or "json" not in raw:
+                    raise KeyError(f"missing field .{'mp4' if 'mp4' not in raw else 'json'}")
+                question, answer = question_and_answer(json.loads(raw["json"])["conversations"])
+            except (ValueError, KeyError, TypeError) as e:
+                ds._skip("bad annotation", key, f"{type(e).__name__}: {e}")
+                continue
+            try:
+                pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen)
+            except VideoDecodeError as e:
+                ds._skip("undecodable video", key, str(e))
+                continue
+            f.write(json.dumps({"id": key, "question": question, "answer": answer,
+                                "prediction": pred.text}) + "\n")
+            written += 1
+            if limit is not None and written >= limit:
+                break
+    return {"written": written, "skipped": dict(ds.skipped), "out": str(Path(out))}
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aurora ask", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `aurora fit`")
+    p.add_argument("--config", default=None,
+                   help="recipe or run config for the preprocessing and template (default: the run's config.yaml "
+                        "beside the checkpoint, if any)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--video", help="a video file (.mp4 or anything PyAV reads)")
+    src.add_argument("--shards", help="WebDataset shards (directory, glob, brace pattern): answer every sample")
+    p.add_argument("--question", help="the question (required with --video / --load-state)")
+    p.add_argument("--context", default=None,
+                   help="instruction read BEFORE the video (default: the question: the trained prompt); a saved "
+                        "state holds it")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--fps", type=float, default=None, help="frames per second of video to read")
+    when.add_argument("--frames", type=int, default=None, help="frames spread uniformly over the video")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded, encoded and read per step")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length limit (default: the checkpoint's max_new_tokens, else 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop string (repeatable; default: the template's, '\\n\\n'); --stop '' for none")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--save-state", default=None, help="write the state after context + video here")
+    state.add_argument("--load-state", default=None, help="answer from a saved state instead of reading a video")
+    p.add_argument("--out", default=None, help="predictions JSONL (with --shards)")
+    p.add_argument("--limit", type=int, default=None, help="with --shards: at most this many samples")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--json", action="store_true", help="print the answer as a JSON record with details")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def ask_main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.shards:
+        if not args.out:
+            parser.error("--shards needs --out PREDICTIONS.jsonl")
+        if args.save_state or args.load_state:
+            parser.error("--save-state / --load-state work with one --video")
+    else:
+        if not args.question:
+            parser.error("--question is required")
+        if not args.video and not args.load_state:
+            parser.error("give --video (or --load-state, or --shards)")
+        if args.video and args.load_state:
+            parser.error("--load-state answers without reading a video: drop --video")
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    if args.fps is not None and args.fps <= 0:
+        parser.error(f"--fps must be > 0, got {args.fps}")
+    if args.chunk_frames < 1:
+        parser.error(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
+    from aurora.checkpoint import CheckpointError
+
+    try:
+        engine, info = engine_from_checkpoint(args.ckpt, args.config, args.chunk_frames, args.device, args.dtype,
+                                              progress=not args.no_progress)
+        hp, data = info["hparams"], info["data"]
+        stop = ([s for s in args.stop if s] if args.stop is not None
+                else [engine.template.stop] if engine.template.stop else [])
+        gen = Generation(max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None
+                         else int(hp.get("max_new_tokens") or 64),
+                         temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=tuple(stop))
+        frames, fps = args.frames, args.fps
+        if frames is None and fps is None:  # the training sampling when the run's config says it, else 1 fps
+            if data.get("num_frames"):
+                frames = int(data["num_frames"])
+            else:
+                fps = 1.0
+        how = ("a saved state" if args.load_state else
+               f"{frames} frames" if frames is not None else f"{fps:g} frames per second")
+        print(f"aurora ask: {args.ckpt} ({hp['rnn'].get('name')}), data settings from "
+              f"{info['config'] or 'the defaults'}, reading {how}, chunks of {args.chunk_frames} frames on "
+              f"{engine.device}", file=sys.stderr)
+        t0 = time.perf_counter()
+        if args.shards:
+            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit)
+            print(json.dumps(summary))
+            return 0
+        if args.load_state:
+            vs = engine.load_state(args.load_state)
+            if args.context is not None and args.context != vs.context:
+                raise StreamError(f"the state was read with the context {vs.context!r}, not {args.context!r}")
+        else:
+            vs = engine.read_video(args.video, args.question if args.context is None else args.context,
+                                   frames, fps)
+            if args.save_state:
+                print(f"state written to {engine.save_state(vs, args.save_state)}", file=sys.stderr)
+        ans = engine.answer(vs, args.question, gen)
+    except (StreamError, CheckpointError, VideoDecodeError, FileNotFoundError) as e:
+        print(f"aurora ask: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # settings the engine refused (sampling, dtype ...)
+        print(f"aurora ask: error: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"question": args.question, "answer": ans.text, "finish": ans.finish,
+                          "tokens": ans.tokens, "frames": vs.frames, "positions": vs.positions,
+                          "context": vs.context, "seconds": seconds}))
+    else:
+        print(ans.text)
+    print(f"{vs.frames} frames, {vs.positions} positions read before the question; {len(ans.tokens)} tokens "
+          f"generated ({ans.finish}) in {seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(ask_main(sys.argv[1:]))
