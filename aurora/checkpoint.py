@@ -1,16 +1,19 @@
-"""Reading the Lightning checkpoints ``aurora fit`` writes: the whole model, or one part of it, with every missing,
-unexpected or mis-shaped key named in the error.
+"""Reading checkpoints: the Lightning checkpoints ``aurora fit`` writes (the whole model, or one part of it) and the
+backbone files ``aurora convert`` writes, with every missing, unexpected or mis-shaped key named in the error.
 
 The checkpoint is read with ``torch.load(weights_only=True)``: the module's hyperparameters are plain values
 (``save_hyperparameters`` of registry specs), so no pickled object is ever executed.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from aurora.registry import RNN
 
 MODEL_PREFIX = "model."  # AuroraModule keeps the AuroraModel as ``self.model``
 
@@ -62,25 +65,42 @@ def load_weights(module: torch.nn.Module, ckpt: str | os.PathLike | Mapping[str,
     module.load_state_dict(sd, strict=True)
 
 
-def load_model(ckpt: str | os.PathLike):
-    """The :class:`~aurora.model.AuroraModel` of a checkpoint written by ``aurora fit``, built from the module's
-    saved hyperparameters (the registry specs) and loaded with its weights; returns ``(model.eval(), hparams)``."""
-    from aurora.model import AuroraModel
+# -- a backbone written by ``aurora convert`` ------------------------------------------------------------------
+def key_report(sd_keys: list[str], own: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> str:
+    """Missing, unexpected and wrong-shape keys of a state dict against a model's own, one phrase each."""
+    missing = sorted(set(own) - set(sd_keys))
+    unexpected = sorted(set(sd_keys) - set(own))
+    wrong = []
+    if given is not None:
+        wrong = [f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(given))
+                 if tuple(given[k].shape) != tuple(own[k].shape)]
+    return "; ".join(f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                     for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                     if keys)
 
-    blob = read_checkpoint(ckpt)
-    blob["__path__"] = str(ckpt)
-    hp = blob.get("hyper_parameters")
-    if not isinstance(hp, Mapping) or "vision" not in hp or "rnn" not in hp:
-        raise CheckpointError(f"{ckpt} has no AuroraModule hyperparameters (vision, rnn): not written by `aurora fit`?")
-    try:
-        model = AuroraModel.from_specs(vision=hp["vision"], merge=hp.get("merge"),
-                                       projector=hp.get("projector", "mlp"), rnn=hp["rnn"])
-    except (KeyError, ValueError, TypeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise CheckpointError(f"cannot build the model of {ckpt} from its hyperparameters: {msg}") from e
-    if hp.get("lora"):  # trained with LoRA adapters: the same adapter modules first, then every weight
-        from aurora.lit import apply_lora
 
-        apply_lora(model, dict(hp["lora"]))
-    load_weights(model, blob, MODEL_PREFIX, "the model its hyperparameters describe")
-    return model.eval(), dict(hp)
+def load_converted(path: str | Path, **overrides: Any):
+    """Build the backbone a conversion wrote: ``RNN.build`` on the ``.json`` beside ``path`` (``overrides``, e.g.
+    ``backend`` or ``chunk_size``, replace its entries), then load ``path`` strictly; a file that does not fit
+    raises ``ValueError`` naming the missing / unexpected / wrong-shape keys."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"no converted checkpoint at {path}")
+    if not side.is_file():
+        raise FileNotFoundError(f"{side} (the constructor arguments written beside {path.name}) is missing")
+    spec = json.loads(side.read_text())
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"{side} is not a backbone spec (a mapping with 'name'); got {str(spec)[:200]}")
+    cls = RNN.get(spec["name"])
+    kwargs = {k: v for k, v in spec.items() if k != "name"} | overrides
+    model = cls(**kwargs)
+    sd = load_file(str(path))
+    own = model.state_dict()
+    report = key_report(list(sd), own, sd)
+    if report:
+        raise ValueError(f"{path} does not fit the {spec['name']} that {side.name} describes: {report}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+    return model

@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import aurora.components  # noqa: F401  (fills the registries)
+from aurora.checkpoint import MODEL_PREFIX, CheckpointError, load_converted, load_weights, read_checkpoint
 from aurora.registry import PROJECTOR, RNN, VISION
 from aurora.types import IGNORE_INDEX, VIDEO_TOKEN, RecurrentLM, VisionEncoder, VisualTokens
 
@@ -64,7 +65,6 @@ class AuroraModel(nn.Module):
         import json
         from pathlib import Path
 
-        from aurora.convert import load_converted
 
         name = spec.pop("name", None)
         side = Path(path).with_suffix(".json")
@@ -204,3 +204,25 @@ class AuroraModel(nn.Module):
 
             self.decode_steps(self.rnn.logits(hidden[:, -1]), state, max_new_tokens, lambda lg: lg.argmax(-1), take)
         return outs
+
+
+def load_model(ckpt: str | os.PathLike):
+    """The :class:`AuroraModel` of a checkpoint written by ``aurora fit``, built from the module's
+    saved hyperparameters (the registry specs) and loaded with its weights; returns ``(model.eval(), hparams)``."""
+    blob = read_checkpoint(ckpt)
+    blob["__path__"] = str(ckpt)
+    hp = blob.get("hyper_parameters")
+    if not isinstance(hp, Mapping) or "vision" not in hp or "rnn" not in hp:
+        raise CheckpointError(f"{ckpt} has no AuroraModule hyperparameters (vision, rnn): not written by `aurora fit`?")
+    try:
+        model = AuroraModel.from_specs(vision=hp["vision"], merge=hp.get("merge"),
+                                       projector=hp.get("projector", "mlp"), rnn=hp["rnn"])
+    except (KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise CheckpointError(f"cannot build the model of {ckpt} from its hyperparameters: {msg}") from e
+    if hp.get("lora"):  # trained with LoRA adapters: the same adapter modules first, then every weight
+        from aurora.lora import apply_lora
+
+        apply_lora(model, dict(hp["lora"]))
+    load_weights(model, blob, MODEL_PREFIX, "the model its hyperparameters describe")
+    return model.eval(), dict(hp)

@@ -8,7 +8,7 @@ label classifies them. The mean, not the max, on purpose: a linear RNN reads the
 decayed) sums, so an encoder whose object features survive averaging over the frame's tokens is one the language
 model can read; with a max-pool probe the encoder learns features a sum washes out.
 
-The checkpoint holds the encoder as ``model.vision.*`` (as in :class:`aurora.lit.AuroraModule`), so a video recipe
+The checkpoint holds the encoder as ``model.vision.*`` (as in :class:`aurora.train.module.AuroraModule`), so a video recipe
 takes it with ``init_from: .../last.ckpt`` and ``init_parts: [vision]`` (usually with ``freeze: [vision]``).
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ class VisionStage(L.LightningModule):
                  warmup_ratio: float = 0.03, min_lr_ratio: float = 0.1) -> None:
         super().__init__()
         self.save_hyperparameters()
-        import aurora.components  # noqa: F401  (fills the registries)
 
         self.model = nn.Module()
         self.model.vision = VISION.build(vision, merge=merge)
@@ -87,7 +86,7 @@ class VisionStage(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        from aurora.lit import decays, lr_schedule
+        from aurora.train.optim import decays, lr_schedule
 
         hp = self.hparams
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]

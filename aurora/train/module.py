@@ -1,27 +1,29 @@
 """The LightningModule: training, evaluation by generation, per-part freezing and optimiser groups, stage
-chaining (``init_from``), LoRA, gradient checkpointing, non-finite loss handling and FSDP2 sharding."""
+chaining (``init_from``), non-finite loss handling. The optimiser's groups and schedules (:mod:`aurora.train.optim`),
+LoRA (:mod:`aurora.lora`), gradient checkpointing and FSDP2 sharding (:mod:`aurora.train.parallel`) live beside it."""
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from aurora.checkpoint import MODEL_PREFIX, load_weights
-from aurora.metrics import AnswerAccuracy
+from aurora.checkpoint import MODEL_PREFIX, load_weights, read_checkpoint
+from aurora.evaluation.metrics import AnswerAccuracy
+from aurora.lora import apply_lora
 from aurora.model import AuroraModel
+from aurora.train.optim import SCHEDULES, decays, lr_schedule
+from aurora.train.parallel import enable_grad_checkpoint, shard
 from aurora.types import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 PARTS = ("vision", "projector", "rnn")
-SCHEDULES = ("cosine", "linear", "constant")
 NONFINITE = ("halt", "skip", "off")
-LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "bias")
 
 
 class AuroraModule(L.LightningModule):
@@ -42,7 +44,7 @@ class AuroraModule(L.LightningModule):
             weights are loaded (``weights_only``), strictly: every weight present with its shape, nothing extra.
             Optimiser, schedule and step start fresh (``--ckpt_path`` resumes a run instead).
         init_parts: load only these parts from ``init_from`` (each strictly), e.g. ``[vision]`` from the
-            checkpoint of a vision stage (:mod:`aurora.vision_stage`); the other parts keep their initialisation.
+            checkpoint of a vision stage (:mod:`aurora.train.vision_stage`); the other parts keep their initialisation.
             Without ``init_from`` nothing is loaded.
         lora: LoRA adapters on the language model's linear layers (needs ``peft``): ``r``, ``alpha``,
             ``dropout``, ``target_modules`` (module-name suffixes like ``[att.key, ffn.value]``, or one regex
@@ -246,27 +248,11 @@ class AuroraModule(L.LightningModule):
 
     # -- distributed: FSDP2 through Lightning's ModelParallelStrategy -------------------------------------------
     def configure_model(self) -> None:
-        """Shard with FSDP2 when the strategy is ``ModelParallelStrategy`` (no-op otherwise): each language-model
-        block is one unit, the vision encoder one unit (its layer loop calls sub-modules of the layers, so the
-        layers cannot be units of their own), the rest (projector, embeddings, head) the root unit."""
+        """Shard with FSDP2 when the strategy is ``ModelParallelStrategy`` (no-op otherwise); see
+        :func:`aurora.train.parallel.shard`."""
         mesh = getattr(self, "_device_mesh", None)
-        if mesh is None:
-            return
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        if isinstance(self.model, FSDPModule):  # already sharded (fit, then test in the same process)
-            return
-        names = mesh.mesh_dim_names or ()
-        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
-            raise NotImplementedError(
-                f"tensor parallelism is not implemented (tensor_parallel_size={mesh['tensor_parallel'].size()}); use "
-                "ModelParallelStrategy(data_parallel_size=<number of processes>, tensor_parallel_size=1)"
-            )
-        dp = mesh["data_parallel"] if "data_parallel" in names else mesh
-        for block in block_list(self.model.rnn):
-            fully_shard(block, mesh=dp)
-        fully_shard(self.model.vision, mesh=dp)
-        fully_shard(self.model, mesh=dp)
+        if mesh is not None:
+            shard(self.model, mesh)
 
     # -- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -325,43 +311,9 @@ class AuroraModule(L.LightningModule):
         return total
 
 
-def decays(name: str, p: torch.nn.Parameter) -> bool:
-    """Weight decay applies to the matrix weights of linear maps only; never to norms, biases, embeddings (position
-    embeddings included) or RNN mixing vectors."""
-    return p.ndim >= 2 and name.endswith("weight") and "emb" not in name
-
-
-def lr_schedule(kind: str, total_steps: int | None, warmup_ratio: float, min_ratio: float,
-                warmup_steps: int | None = None) -> Callable[[int], float]:
-    """Multiplier for step s: linear warm-up (``warmup_steps``, else ``warmup_ratio`` of the total), then
-    ``cosine`` or ``linear`` decay to ``min_ratio``, or ``constant``; constant after warm-up when the total is
-    unknown (e.g. an endless stream without ``max_steps``)."""
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
-    warmup = max(1, warmup_steps if warmup_steps is not None else int(round((total_steps or 0) * warmup_ratio)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if total_steps is None or kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-        return min_ratio + (1 - min_ratio) * shape
-
-    return factor
-
-
-def warmup_cosine(total_steps: int | None, warmup_ratio: float, min_ratio: float):
-    """Linear warm-up, then cosine to ``min_ratio`` (:func:`lr_schedule` with ``cosine``)."""
-    return lr_schedule("cosine", total_steps, warmup_ratio, min_ratio)
-
-
 # -- weights of an earlier stage ---------------------------------------------------------------------------------
 def read_stage(path: str | Path) -> dict[str, Any]:
     """The Lightning checkpoint an earlier stage wrote (``weights_only``), with a clear error for a sharded one."""
-    from aurora.checkpoint import read_checkpoint
-
     if not Path(path).exists():
         raise FileNotFoundError(f"init_from {path} not found: run the stage that writes it first (the recipe's "
                                 "header names it), or set init_from: null")
@@ -375,59 +327,4 @@ def read_stage(path: str | Path) -> dict[str, Any]:
     blob["__path__"] = str(path)
     return blob
 
-
-# -- LoRA ------------------------------------------------------------------------------------------------------
-def apply_lora(model: AuroraModel, spec: dict[str, Any]) -> None:
-    """Inject LoRA adapters (peft) into the language model's linear layers named by ``target_modules``; afterwards
-    only the adapters of the language model train (the other parts keep their own ``freeze`` setting)."""
-    unknown = sorted(set(spec) - set(LORA_KEYS))
-    if unknown:
-        raise ValueError(f"unknown lora keys {unknown}; known: {', '.join(LORA_KEYS)}")
-    if "target_modules" not in spec:
-        raise ValueError("lora needs target_modules: names of the language model's linear layers "
-                         "(suffixes like att.key, or one regex)")
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as e:  # pragma: no cover - peft is in the lora extra
-        raise ImportError("lora needs peft: pip install 'aurora[lora]'") from e
-    targets = spec["target_modules"]
-    linear = [n for n, m in model.rnn.named_modules() if isinstance(m, nn.Linear)]
-    if isinstance(targets, str):
-        import re
-
-        matched = [n for n in linear if re.fullmatch(targets, n)]
-    else:
-        targets = list(targets)
-        matched = [n for n in linear if any(n == t or n.endswith("." + t) for t in targets)]
-    if not matched:
-        shown = sorted({n.split(".", 2)[-1] if n.startswith(("blocks.", "layers.")) else n for n in linear})
-        raise ValueError(f"lora target_modules {targets!r} match no linear layer of the language model; its linear "
-                         f"layers are named like: {', '.join(shown[:20])}")
-    config = LoraConfig(r=int(spec.get("r", 8)), lora_alpha=int(spec.get("alpha", 16)),
-                        lora_dropout=float(spec.get("dropout", 0.0)), target_modules=targets,
-                        bias=spec.get("bias", "none"))
-    model.rnn.requires_grad_(False)
-    inject_adapter_in_model(config, model.rnn)
-    for name, p in model.rnn.named_parameters():
-        p.requires_grad_("lora_" in name)
-
-
-# -- gradient checkpointing ------------------------------------------------------------------------------------
-def enable_grad_checkpoint(module: nn.Module, part: str) -> None:
-    """Recompute ``part``'s blocks in the backward pass: every backbone and merging ViT has a ``grad_checkpoint``
-    switch."""
-    if hasattr(module, "grad_checkpoint"):
-        module.grad_checkpoint = True
-        return
-    raise ValueError(f"{part} ({type(module).__name__}) has no gradient checkpointing; parts that have it: rnn "
-                     "(every backbone), vision (the merging ViTs)")
-
-
-def block_list(rnn: nn.Module) -> list[nn.Module]:
-    """The language model's repeated blocks: the ``nn.ModuleList`` with one entry per layer."""
-    n = getattr(rnn, "n_layer", None)
-    for _, m in rnn.named_modules():
-        if isinstance(m, nn.ModuleList) and len(m) == n:
-            return list(m)
-    raise ValueError(f"cannot find the {n} blocks of {type(rnn).__name__} to shard")
 
