@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aurora.bench import write_outputs
+from aurora.tools.measure import write_outputs
 from aurora.io import pyplot, save_figure
 
 # positional arguments of the merges' ``NAME:ARG:ARG`` form
@@ -56,8 +56,6 @@ DEFAULT_MERGES = "none,tome:0.5,tome:0.25,tome:0.1,tome_post:0.1,pool:2"
 
 
 def _registries():
-    import aurora.components.merge  # noqa: F401  (fills MERGE and ORDER)
-    import aurora.components.vision  # noqa: F401  (fills VISION)
     from aurora.registry import MERGE, ORDER, VISION
 
     return VISION, MERGE, ORDER

@@ -131,7 +131,7 @@ def cell_config(grid: dict[str, Any], cell: dict[str, Any], cell_dir: Path) -> d
 def run_cell(cfg_path: Path, log=print) -> dict[str, Any]:
     """Train one cell, then evaluate: loss and token accuracy on the validation split, answer accuracy (overall
     and per category) by generation on the held-out test split."""
-    from aurora.cli import AuroraCLI
+    from aurora.train.lightning_cli import AuroraCLI
 
     cli = AuroraCLI(args=["--config", str(cfg_path)], run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule

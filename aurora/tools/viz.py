@@ -23,12 +23,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from aurora.data.video import VideoDecodeError, decode_video, to_pixels, uniform_indices
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, decode_video, to_pixels, uniform_indices
+from aurora.infer.runconfig import RecipeError, load_recipe, section
 from aurora.io import save_figure
 
 CKPT_PREFIX = "model.vision."
-DEFAULT_MEAN = (0.5, 0.5, 0.5)  # the datamodule's defaults (SigLIP's normalisation)
-DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
 class VizError(ValueError):
@@ -38,38 +37,11 @@ class VizError(ValueError):
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def load_recipe(config: str) -> dict[str, Any]:
-    """The recipe YAML as a dict, found the way the CLI finds it (:func:`aurora.recipes.resolve`)."""
-    import yaml
-
-    from aurora.recipes import resolve
-
-    path = resolve(config)  # FileNotFoundError naming the recipe when neither the file nor a packaged one exists
-    try:
-        recipe = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        raise VizError(f"recipe {path} is not valid YAML: {e}") from e
-    if not isinstance(recipe, dict):
-        raise VizError(f"recipe {path} is not a mapping of sections (got {type(recipe).__name__})")
-    return recipe
-
-
-def _section(recipe: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """``recipe[name]``, also in LightningCLI's ``{class_path, init_args}`` form."""
-    sec = recipe.get(name) or {}
-    if isinstance(sec, Mapping) and "init_args" in sec:
-        sec = sec["init_args"] or {}
-    if not isinstance(sec, Mapping):
-        raise VizError(f"recipe section {name!r} must be a mapping, got {sec!r}")
-    return dict(sec)
-
-
 def build_vision(recipe: Mapping[str, Any], ckpt: str | None = None) -> torch.nn.Module:
     """The recipe's vision encoder with its merge, tracing sources; weights from ``ckpt`` when given."""
-    import aurora.components  # noqa: F401  (fills the registries)
     from aurora.registry import VISION
 
-    model = _section(recipe, "model")
+    model = section(recipe, "model")
     if "vision" not in model:
         raise VizError("recipe has no model.vision section (the vision encoder to visualise)")
     seed = recipe.get("seed_everything")
@@ -339,7 +311,7 @@ def title_for(mm: MergeMap, video: str, weights: str) -> str:
 def run_merge(video: str, config: str, ckpt: str | None = None, frames: int | None = None) -> MergeMap:
     """Everything ``aurora viz merge`` computes, without drawing."""
     recipe = load_recipe(config)
-    data = _section(recipe, "data")
+    data = section(recipe, "data")
     num = frames if frames is not None else int(data.get("num_frames") or 4)
     if num < 1:
         raise VizError(f"--frames must be >= 1, got {num}")
@@ -349,16 +321,15 @@ def run_merge(video: str, config: str, ckpt: str | None = None, frames: int | No
     mean = tuple(data.get("mean") or DEFAULT_MEAN)
     std = tuple(data.get("std") or DEFAULT_STD)
     pixels = to_pixels(raw, image_size, mean, std)  # the datamodule's preprocessing (data/shards.py)
-    mm = merge_map(vision, pixels, mean, std, spec=_section(recipe, "model").get("merge"))
+    mm = merge_map(vision, pixels, mean, std, spec=section(recipe, "model").get("merge"))
     mm.frame_indices, mm.total_frames = idx, total
     return mm
 
 
-def viz_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="aurora viz", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    mp = sub.add_parser("merge", help="draw which patches every merged token holds, and the reading order")
+def viz_merge_main(argv: list[str]) -> int:
+    """``aurora viz merge``: draw which patches every merged token holds, and the reading order."""
+    parser = mp = argparse.ArgumentParser(prog="aurora viz merge", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
     mp.add_argument("--video", required=True, help="a video file (.mp4 or anything PyAV reads)")
     mp.add_argument("--config", required=True, help="recipe: a YAML path or a packaged name (demo)")
     mp.add_argument("--ckpt", default=None, help="Lightning checkpoint for the vision weights (default: random)")
@@ -369,7 +340,7 @@ def viz_main(argv: list[str]) -> int:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     try:
         mm = run_merge(args.video, args.config, args.ckpt, args.frames)
-    except (VizError, VideoDecodeError, FileNotFoundError) as e:
+    except (VizError, RecipeError, VideoDecodeError, FileNotFoundError) as e:
         print(f"aurora viz: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, TypeError) as e:  # registry names, part arguments the recipe got wrong
@@ -390,4 +361,4 @@ def viz_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(viz_main(sys.argv[1:]))
+    sys.exit(viz_merge_main(sys.argv[1:]))

@@ -7,19 +7,19 @@ The question the paper's Figure 1 asks: how does the memory needed to answer a q
 its length? For every backbone and every frame count N, one fresh Python process builds the same tiny model
 (random weights, seeded: a SigLIP-style ViT with the ToMe sorted merge, the MLP projector, the backbone; every
 setting shared by all backbones, so the backbones differ only in the language model) and answers one question
-about an N-frame synthetic video (moving shapes, H.264) through the streaming engine (:mod:`aurora.stream`): the
+about an N-frame synthetic video (moving shapes, H.264) through the streaming engine (:mod:`aurora.infer.engine`): the
 video is decoded, encoded and read ``--chunk-frames`` frames at a time, then ``--new-tokens`` tokens are
 generated. An RNN carries a fixed-size state from chunk to chunk; the ``transformer`` carries its key/value
 cache, which grows with every visual token.
 
-Memory (the same meter as ``aurora bench rnn``, :class:`aurora.bench._Meter`):
+Memory (the same meter as ``aurora bench rnn``, :class:`aurora.tools.measure.Meter`):
 
 * CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``: live tensor bytes, exactly.
 * CPU: Python tracers (tracemalloc) do not see torch's allocations, so the figure is the process's resident set:
   its high-water mark ``VmHWM``, reset before the run through ``/proc/self/clear_refs``. The worker runs with
   glibc's mmap threshold fixed at 64 KiB (every block of 64 KiB or more is its own mapping, returned to the OS
   when freed) and ``malloc_trim`` before the run, so the resident set follows the live tensors instead of pages
-  the allocator kept from earlier work (see :mod:`aurora.bench`). Decoder buffers (FFmpeg) count too: they are
+  the allocator kept from earlier work (see :mod:`aurora.tools.bench_rnn`). Decoder buffers (FFmpeg) count too: they are
   part of what streaming costs. Where the mark cannot be reset, ``ru_maxrss`` of the fresh process is read.
 
 Reported per point: ``peak_added_mib`` (the peak above what the process held once the model was built and warmed
@@ -47,8 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aurora.bench import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, _hwm_bytes, _mallopt, _Meter, _reset_hwm,
-                          write_outputs)
+from aurora.tools.measure import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, Meter, hwm_bytes, mallopt, reset_hwm,
+                                  write_outputs)
 from aurora.io import pyplot, save_figure
 
 TAG = "@@aurora-bench-memory "
@@ -79,11 +79,11 @@ def _worker(spec: dict[str, Any]) -> int:
     """One (backbone, frames) point: a memory run, then (CPU) a timed run; one ``TAG`` + JSON line of results."""
     cpu = spec["device"] == "cpu"
     if cpu:  # before anything large exists, so that no large block ever sits in the heap
-        _mallopt(MEMORY_MMAP_THRESHOLD)
+        mallopt(MEMORY_MMAP_THRESHOLD)
     import torch
 
     from aurora.model import AuroraModel
-    from aurora.stream import Generation, StreamEngine, flatten_state
+    from aurora.infer.engine import Generation, StreamEngine, flatten_state
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -93,7 +93,7 @@ def _worker(spec: dict[str, Any]) -> int:
     engine = StreamEngine(model, chunk_frames=spec["chunk_frames"])
     gen = Generation(max_new_tokens=spec["new_tokens"], stop=(), eos_id=None)  # always the same length
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    meter = _Meter(device, spec["resettable"])
+    meter = Meter(device, spec["resettable"])
 
     def run():
         vs = engine.read_video(spec["video"], QUESTION)
@@ -111,13 +111,13 @@ def _worker(spec: dict[str, Any]) -> int:
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     # CUDA: the allocator's peak, weights included; CPU: the same quantity, weights + the peak added
     total = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else weights + added
-    process = _hwm_bytes() if cpu and spec["resettable"] else None
+    process = hwm_bytes() if cpu and spec["resettable"] else None
     state_bytes = sum(t.numel() * t.element_size() for t in flatten_state(vs.state)[0].values())
     frames, positions, new = vs.frames, vs.positions, len(ans.tokens)
     del vs, ans
     seconds = memory_pass_s
     if cpu:  # timed again with glibc's usual thresholds: the 64 KiB mmap threshold costs page faults
-        _mallopt(*TIMING_MALLOPT)
+        mallopt(*TIMING_MALLOPT)
         t0 = time.perf_counter()
         run()
         seconds = time.perf_counter() - t0
@@ -153,7 +153,7 @@ def write_videos(folder: Path, counts: list[int], size: int, warmup: int) -> dic
 
 
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
-    cmd = [sys.executable, "-m", "aurora.bench_memory", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "aurora.tools.bench_memory", "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -171,7 +171,6 @@ def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | N
 def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     import torch
 
-    import aurora.components  # noqa: F401  (fills the registries)
     from aurora.registry import RNN
 
     device = args.device
@@ -183,7 +182,7 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
     for name in args.backbones:
         RNN.get(name)  # unknown names fail now, listing the known ones
-    resettable = device.startswith("cuda") or _reset_hwm()
+    resettable = device.startswith("cuda") or reset_hwm()
     records = []
     with tempfile.TemporaryDirectory(prefix="aurora-bench-memory-") as tmp:
         videos = write_videos(Path(tmp), counts, args.image_size, warmup=2 * args.chunk_frames)

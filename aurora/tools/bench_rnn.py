@@ -39,138 +39,29 @@ dashed streamed). Both files are written to a temporary name first and moved int
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
 import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from aurora.io import pyplot, save_figure, write_json
+from aurora.io import pyplot, save_figure
+from aurora.tools.measure import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, Meter, mallopt, reset_hwm,
+                                  write_outputs)
 
 MODES = ("streamed", "step", "chunked")  # the step form continues from the streamed prefill's state
 TAG = "@@aurora-bench "  # prefix of the worker's result lines (anything else it prints is ignored)
 # how a point's time grows with T, for skipping a length that could not finish (softmax attention is quadratic)
 TIME_EXPONENT = {"transformer": 2.0}
-# glibc settings on the CPU (see the module docstring): the memory runs', and the timed runs' after them
-MEMORY_MMAP_THRESHOLD = 1 << 16
-TIMING_MALLOPT = (32 << 20, 64 << 20)  # mmap / trim thresholds: the most glibc's dynamic thresholds grow to
 # bench-only defaults that keep the backbones comparable at small widths (64-wide heads, as the RNNs use)
 BENCH_DEFAULTS = {"transformer": lambda d_model: {"n_head": max(1, d_model // 64)}}
 
 
-# ------------------------------------------------------------------------------------------------ memory
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
-def _reset_hwm() -> bool:
-    """Reset the resident-set high-water mark (Linux >= 4.0); True if it took effect."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _hwm_bytes() <= _rss_bytes() + (1 << 20)
-    except OSError:
-        return False
-
-
-def _trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that a measurement cannot hide in pages an
-    earlier one freed but the allocator kept resident. A no-op where there is no glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _mallopt(mmap_threshold: int, trim_threshold: int | None = None) -> None:
-    """glibc: a fixed mmap threshold (blocks of that size or more get their own mmap, unmapped when freed; a fixed
-    value also stops glibc from moving it as it sees large frees) and optionally the heap-top trim threshold.
-    A no-op where there is no glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
-        if trim_threshold is not None:
-            libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _ru_maxrss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
-class _Meter:
-    """Peak memory added by a block of work, by the method chosen for the device (see the module docstring)."""
-
-    def __init__(self, device: Any, resettable: bool) -> None:
-        import torch
-
-        self.torch, self.device, self.resettable = torch, device, resettable
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.method = "torch.cuda.max_memory_allocated"
-        elif resettable:
-            self.method = "VmHWM (reset via /proc/self/clear_refs) - RSS before"
-        else:
-            self.method = "ru_maxrss (fresh process per measurement) - RSS before"
-
-    def start(self) -> None:
-        gc.collect()
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = self.torch.cuda.memory_allocated(self.device)
-        else:
-            _trim_heap()
-            if self.resettable:
-                _reset_hwm()
-            self.base = _rss_bytes()
-
-    def peak(self) -> int:
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-            return self.torch.cuda.max_memory_allocated(self.device) - self.base
-        top = _hwm_bytes() if self.resettable else _ru_maxrss_bytes()
-        return max(0, top - self.base)
-
-
 # ------------------------------------------------------------------------------------------------ worker
-
-
-def _import_backbones(names: list[str] | None = None) -> None:
-    """Register the backbones: the package, plus the module of any asked-for name not registered by it."""
-    import aurora.components.rnn  # noqa: F401
-    from aurora.registry import RNN
-
-    for name in names or []:
-        if name not in RNN:
-            try:
-                importlib.import_module(f"aurora.components.rnn.{name}")
-            except ImportError:
-                pass  # RNN.get names the known backbones
 
 
 def _worker(spec: dict[str, Any]) -> int:
@@ -185,14 +76,13 @@ def _worker(spec: dict[str, Any]) -> int:
 
     cpu_memory = spec["device"] == "cpu" and "memory" in spec["passes"]
     if cpu_memory:  # before the model and inputs exist, so that no large block ever sits in the heap
-        _mallopt(MEMORY_MMAP_THRESHOLD)
+        mallopt(MEMORY_MMAP_THRESHOLD)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    _import_backbones([spec["backbone"]])
     from aurora.registry import RNN
 
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
-    meter = _Meter(device, spec["resettable"])
+    meter = Meter(device, spec["resettable"])
     torch.manual_seed(spec.get("seed", 0))
     model = RNN.build({"name": spec["backbone"], **spec["kwargs"]}).to(device=device, dtype=dtype).eval()
     b, t, piece, steps = spec["batch"], spec["T"], spec["piece"], spec["steps"]
@@ -219,7 +109,7 @@ def _worker(spec: dict[str, Any]) -> int:
         sync()
         for pass_ in spec["passes"]:
             if pass_ == "time" and cpu_memory:  # back to (what glibc's dynamic threshold grows to) for timing
-                _mallopt(*TIMING_MALLOPT)
+                mallopt(*TIMING_MALLOPT)
             prefill = None  # the state after the streamed prefill; the step form starts from it
             for mode in spec["modes"]:
                 try:
@@ -276,7 +166,7 @@ def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any], st
         left = deadline - time.monotonic()
         if left <= 0:
             return results, f"timed out: over --max-seconds {timeout:g} s"
-        cmd = [sys.executable, "-m", "aurora.bench", "--worker",
+        cmd = [sys.executable, "-m", "aurora.tools.bench_rnn", "--worker",
                json.dumps({**spec, "modes": modes, "passes": passes})]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -344,7 +234,6 @@ def _skipped(base: dict[str, Any], reason: str) -> dict[str, Any]:
 def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     import torch
 
-    _import_backbones(args.backbones)
     from aurora.registry import RNN
 
     device = args.device
@@ -357,7 +246,7 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     names = args.backbones or RNN.names()
     for name in names:
         RNN.get(name)  # unknown names fail now, listing the known ones
-    resettable = device.startswith("cuda") or (not args.process_per_mode and _reset_hwm())
+    resettable = device.startswith("cuda") or (not args.process_per_mode and reset_hwm())
     extra = json.loads(args.kwargs) if args.kwargs else {}
     records = []
     for name in names:
@@ -436,17 +325,6 @@ def targets(records: list[dict[str, Any]], at: int = 4096, speedup: float = 10.0
     return out
 
 
-def write_outputs(args: argparse.Namespace, payload: Any, records: list[dict[str, Any]], write_plot) -> None:
-    """What every ``aurora bench`` command writes when asked: ``--json`` (``payload``) and ``--plot``
-    (``write_plot(records, path)``), each atomically and announced on stdout."""
-    if args.json:
-        write_json(args.json, payload)
-        print(f"records written to {args.json}")
-    if args.plot:
-        write_plot(records, args.plot)
-        print(f"plot written to {args.plot}")
-
-
 def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
     plt = pyplot("aurora bench")
 
@@ -491,23 +369,10 @@ def _lengths(text: str) -> list[int]:
     return values
 
 
-def bench_main(argv: list[str]) -> int:
-    if argv and argv[0] == "vision":
-        from aurora.bench_vision import bench_vision_main
-
-        return bench_vision_main(argv[1:])
-    if argv and argv[0] == "memory":
-        from aurora.bench_memory import bench_memory_main
-
-        return bench_memory_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="aurora bench", description="Benchmarks.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("vision", help="ViT frames/s and visual tokens per frame vs the merge's keep ratio "
-                   "(aurora bench vision --help)")
-    sub.add_parser("memory", help="streaming inference: peak memory and time vs frames, RNN vs transformer "
-                   "(aurora bench memory --help)")
-    p = sub.add_parser("rnn", help="tokens/s, step latency and peak memory of the language backbones",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_rnn_main(argv: list[str]) -> int:
+    """``aurora bench rnn``: tokens/s, step latency and peak memory of the language backbones."""
+    parser = p = argparse.ArgumentParser(prog="aurora bench rnn", description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated registered names (default: all registered)")
     p.add_argument("--d-model", type=int, default=256)
@@ -554,4 +419,4 @@ def bench_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         sys.exit(_worker(json.loads(sys.argv[2])))
-    sys.exit(bench_main(sys.argv[1:]))
+    sys.exit(bench_rnn_main(sys.argv[1:]))

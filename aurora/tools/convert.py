@@ -22,12 +22,12 @@ Written: ``OUT.safetensors`` holding our ``state_dict()`` (tensors shared by tie
 name, so ``load_state_dict(strict=True)`` takes the file as it is), and ``OUT.json`` beside it, the registry spec
 ``{"name": ..., **constructor kwargs}`` exactly as the loader built the model. Loading back::
 
-    from aurora.convert import load_converted
+    from aurora.checkpoint import load_converted
     model = load_converted("rwkv6-1b6.safetensors")            # kwargs such as backend="chunked" override
     # which is: model = RNN.build(json.load(open("rwkv6-1b6.json"))); model.load_state_dict(load_file(...))
 
-The backbones take no ``checkpoint`` argument, so a recipe cannot point at the file yet; build the model with
-:func:`load_converted` (or the two lines above).
+A recipe points at the file with ``model.rnn: {checkpoint: PATH.safetensors}`` (any other key, such as
+``backend``, overrides the JSON's); from Python, :func:`aurora.checkpoint.load_converted` (or the two lines above).
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from aurora.checkpoint import key_report
+from aurora.registry import RNN
 
 # which source formats each backbone's loader reads (a backbone not listed: whatever its loader reads, auto only)
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -99,32 +102,10 @@ def _recording(cls: type) -> tuple[type, dict[str, Any]]:
 
 
 def _registered(name: str) -> type:
-    import importlib
-
-    import aurora.components.rnn  # noqa: F401  (registers the backbones)
-    from aurora.registry import RNN
-
-    if name not in RNN:
-        try:
-            importlib.import_module(f"aurora.components.rnn.{name}")
-        except ImportError:
-            pass
     try:
         return RNN.get(name)
     except KeyError as e:
         raise ConvertError(str(e.args[0])) from None
-
-
-def _key_report(sd_keys: list[str], own: dict[str, Any], given: dict[str, Any] | None = None) -> str:
-    missing = sorted(set(own) - set(sd_keys))
-    unexpected = sorted(set(sd_keys) - set(own))
-    wrong = []
-    if given is not None:
-        wrong = [f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(given))
-                 if tuple(given[k].shape) != tuple(own[k].shape)]
-    return "; ".join(f"{what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                     for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                     if keys)
 
 
 def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", dtype: str = "float32",
@@ -183,7 +164,7 @@ def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", 
     # the spec must rebuild exactly this architecture (checked on the meta device: no memory, no initialisation)
     with torch.device("meta"):
         rebuilt = _registered(backbone)(**kwargs)
-    report = _key_report(list(sd), rebuilt.state_dict(), sd)
+    report = key_report(list(sd), rebuilt.state_dict(), sd)
     if report:
         raise ConvertError(f"internal: the recorded {backbone} arguments {kwargs} do not rebuild the loaded model: "
                            f"{report}")
@@ -239,33 +220,6 @@ def _mismatch(backbone: str, cls: type, src: Path) -> str:
              for what, keys in ((f"{backbone} keys the source lacks", ours - theirs),
                                 (f"source keys a {backbone} does not have", theirs - ours)) if keys]
     return "Key mismatch: " + "; ".join(parts) + "." if parts else ""
-
-
-def load_converted(path: str | Path, **overrides: Any):
-    """Build the backbone a conversion wrote: ``RNN.build`` on the ``.json`` beside ``path`` (``overrides``, e.g.
-    ``backend`` or ``chunk_size``, replace its entries), then load ``path`` strictly; a file that does not fit
-    raises ``ValueError`` naming the missing / unexpected / wrong-shape keys."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    side = path.with_suffix(".json")
-    if not path.is_file():
-        raise FileNotFoundError(f"no converted checkpoint at {path}")
-    if not side.is_file():
-        raise FileNotFoundError(f"{side} (the constructor arguments written beside {path.name}) is missing")
-    spec = json.loads(side.read_text())
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"{side} is not a backbone spec (a mapping with 'name'); got {str(spec)[:200]}")
-    cls = _registered(spec["name"])
-    kwargs = {k: v for k, v in spec.items() if k != "name"} | overrides
-    model = cls(**kwargs)
-    sd = load_file(str(path))
-    own = model.state_dict()
-    report = _key_report(list(sd), own, sd)
-    if report:
-        raise ValueError(f"{path} does not fit the {spec['name']} that {side.name} describes: {report}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
-    return model
 
 
 # ------------------------------------------------------------------------------------------------ command
