@@ -40,42 +40,6 @@ class VisualTokens:
         n = self.tokens.shape[1]
         return n if self.row_frames == 1 else n / self.row_frames
 
-    def select(self, perm: Tensor) -> "VisualTokens":
-        """The same tokens reordered (or a subset picked) per row by ``perm`` (R, m) indices."""
-        def take(t: Optional[Tensor]) -> Optional[Tensor]:
-            if t is None:
-                return None
-            idx = perm.to(t.device)
-            if t.dim() == 3:
-                idx = idx[..., None].expand(-1, -1, t.shape[-1])
-            return t.gather(1, idx)
-
-        return VisualTokens(tokens=take(self.tokens), sizes=take(self.sizes), source=take(self.source),
-                            frames=take(self.frames), row_frames=self.row_frames)
-
-    def group_frames(self, frames_per_row: int) -> "VisualTokens":
-        """Per-frame rows (R, n) -> one row per ``frames_per_row`` consecutive frames (R / W, W * n), frames in
-        time order; source maps become block-diagonal over the row's W * N frame-major patch columns."""
-        w = int(frames_per_row)
-        if self.row_frames != 1:
-            raise ValueError(f"group_frames needs per-frame rows; these rows already span {self.row_frames} frames")
-        r, n = self.sizes.shape
-        if w < 1 or r % w:
-            raise ValueError(f"{r} frames cannot be grouped into rows of {w} frames")
-        frames = self.frames
-        if frames is None:
-            frames = torch.arange(r, device=self.sizes.device)[:, None].expand(r, n)
-        source = None
-        if self.source is not None:
-            p = self.source.shape[-1]
-            src = self.source.reshape(r // w, w, n, p)
-            source = src.new_zeros(r // w, w, n, w, p)
-            idx = torch.arange(w, device=src.device)
-            source[:, idx, :, idx] = src.transpose(0, 1)  # frame t's tokens hold columns of frame t only
-            source = source.reshape(r // w, w * n, w * p)
-        return VisualTokens(tokens=self.tokens.reshape(r // w, w * n, -1), sizes=self.sizes.reshape(r // w, w * n),
-                            source=source, frames=frames.reshape(r // w, w * n), row_frames=w)
-
 
 class VisionEncoder(nn.Module):
     """Protocol: ``forward(pixels (F, 3, H, W)) -> VisualTokens``; frames are encoded independently."""

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from aurora.registry import MERGE, ORDER
+from aurora.components.merge.rows import group_frames, select
 from aurora.types import VisualTokens
 
 from .order import VIDEO, scope
@@ -115,7 +116,7 @@ class TemporalMerge(TokenMerge):
     def video(self, vt: VisualTokens, frames_per_video: int) -> VisualTokens:
         n = vt.tokens.shape[1]
         w = self.window_for(frames_per_video)
-        g = vt.group_frames(w)
+        g = group_frames(vt, w)
         budget = self.tokens_per_window(n, w)
         if budget < w * n:
             g = self._merge_across(g, n, w, w * n - budget)
@@ -125,7 +126,7 @@ class TemporalMerge(TokenMerge):
                 raise ValueError("tie_break 'position' needs source maps (trace_source)")
             position = first_patch(g.source)
         perm = self.order(g.sizes, self.protect_first, None, position=position, frames=g.frames)
-        return g.select(perm)
+        return select(g, perm)
 
     def _merge_across(self, g: VisualTokens, n: int, w: int, r: int) -> VisualTokens:
         rows, total, c = g.tokens.shape

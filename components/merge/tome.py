@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from aurora.registry import MERGE, ORDER
+from aurora.components.merge.rows import group_frames, select
 from aurora.types import VisualTokens
 
 from .order import VIDEO, scope
@@ -374,8 +375,8 @@ class ToMeMerge(TokenMerge):
         """A video-scope ordering (``size_global``): every video's frames become one row, sorted as a whole."""
         if scope(self.order) != VIDEO:
             return vt
-        vt = vt.group_frames(frames_per_video)
-        return vt.select(self._order(vt.sizes, vt.source, vt.frames))
+        vt = group_frames(vt, frames_per_video)
+        return select(vt, self._order(vt.sizes, vt.source, vt.frames))
 
     def _merge_round(self, x: Tensor, metric: Tensor, sizes: Tensor, source: Tensor | None, r: int,
                      carry_metric: bool = False):

@@ -286,9 +286,6 @@ class MergingViT(VisionEncoder):
         x = x + attn.out_proj(out.transpose(1, 2).reshape(f, n, c))
         return x, k.mean(dim=1)
 
-    def _attention(self, layer: nn.Module, x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.attention(layer, x, sizes)  # the name the tests and diagnostics use
-
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
         """Residual MLP of one layer."""
         return x + layer.mlp(layer.layer_norm2(x))
