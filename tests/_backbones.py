@@ -1,7 +1,7 @@
 """Test helpers shared by the language backbones' tests: one tiny configuration per registered backbone, the
 randomised weights its tests use, and the relative closeness every comparison is held to.
 
-``tests/test_backbone_contract.py`` runs the contract every backbone keeps (pieces == one shot, the two kernel
+``tests/components/test_backbone_contract.py`` runs the contract every backbone keeps (pieces == one shot, the two kernel
 forms agree, gradients, gradient checkpointing, empty sequences, bad input) over :data:`TINY`; each backbone's
 own file keeps what only it has (kernels, reference parity, checkpoint formats) and builds its models here too.
 """

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from aurora.bench_memory import bench_memory_main, format_table, model_specs, parser, summary, write_plot
+from aurora.tools.bench_memory import bench_memory_main, format_table, model_specs, parser, summary, write_plot
 
 
 def _rec(name, n, added, total, state, status="ok"):

@@ -121,7 +121,7 @@ def test_dispatch_dtypes_and_errors():
 # ------------------------------------------------------------------------------------------------ model
 
 
-tiny = partial(tiny_backbone, "gla")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
+tiny = partial(tiny_backbone, "gla")  # pieces, forms, gradients, empty input: tests/components/test_backbone_contract.py
 
 
 def test_constructor_errors():

@@ -201,7 +201,8 @@ def test_official_pth_still_loads_through_from_checkpoint(tmp_path):
 
 
 def test_convert_reads_the_fla_format(fla_on_cpu, tmp_path):
-    from aurora.convert import convert, load_converted
+    from aurora.checkpoint import load_converted
+    from aurora.tools.convert import convert
 
     ref = fla_model(fla_on_cpu, num_hidden_layers=2)
     ref.save_pretrained(tmp_path / "hf")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo.yaml"
 DEMO_VISION = ROOT / "recipes" / "demo_vision.yaml"
 VISION_TINY = [

@@ -2,7 +2,7 @@
 PyTorch form run on the same GPU, forward and backward, in fp32 and under bf16 autocast.
 
 Targets (the backbone issue): relative error under 1e-3 in fp32 and 1e-2 in bf16. Skipped without CUDA; on a
-GPU machine `pytest tests/test_gpu_parity.py -q` is the whole check.
+GPU machine `pytest tests/kernels/test_gpu_parity.py -q` is the whole check.
 """
 import pytest
 import torch

@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 
-from aurora.lit import warmup_cosine
-from aurora.metrics import AnswerAccuracy, is_correct, match_option, normalize_answer
+from aurora.evaluation.metrics import AnswerAccuracy
+from aurora.evaluation.options import extract_choice, is_correct, normalize_answer
 from aurora.registry import Registry
+from aurora.train.optim import lr_schedule
+
+
+def warmup_cosine(total_steps, warmup_ratio, min_ratio):
+    return lr_schedule("cosine", total_steps, warmup_ratio, min_ratio)
 
 
 def test_registry_builds_by_name_and_lists_known_names_on_error():
@@ -28,7 +33,6 @@ def test_registry_builds_by_name_and_lists_known_names_on_error():
 
 
 def test_every_part_registry_is_filled():
-    import aurora.components  # noqa: F401
     from aurora.registry import MERGE, ORDER, PROJECTOR, RNN, VISION
 
     assert "siglip" in VISION and "rwkv6" in RNN and "mlp" in PROJECTOR
@@ -41,8 +45,11 @@ def test_answer_matching():
     assert is_correct("red", "Red")
     assert not is_correct("blue", "red")
     opts = ["left", "right", "up", "down"]
-    assert match_option("It moves to the right.", opts) == "right"
-    assert match_option("up, then left", opts) == "up"  # the earliest option named wins
+    # one rule for aurora test and aurora eval: the option extract_choice reads out of the text
+    assert extract_choice("It moves to the right.", opts).index == 1
+    assert is_correct("It moves to the right.", "right", opts)
+    assert not is_correct("up, then left", "up", opts)  # naming two options is ambiguous: wrong
+    assert is_correct("B", "right", opts)  # a letter names its option
     assert is_correct("The answer is left", "left", opts)
     assert not is_correct("The answer is left", "left", None)  # exact-answer questions need the exact answer
 

@@ -1,8 +1,8 @@
 """Encoder warm-up with per-frame MEAN-pool linear heads (colour and shape-centre cell from the pixels, shape from the
 labelled samples): the experiment behind the demo's vision stage. Reads the CACHE written by run.py; the optional
 3rd argument saves the encoder, for run.py's vision_init (+ freeze_vision):
-    python docs/diagnostics/probe_mean.py '{}' 500 /tmp/vis_mean.pt
-    python docs/diagnostics/run.py '{"vision_init": "/tmp/vis_mean.pt", "freeze_vision": 1}' 800
+    python scripts/diagnostics/probe_mean.py '{}' 500 /tmp/vis_mean.pt
+    python scripts/diagnostics/run.py '{"vision_init": "/tmp/vis_mean.pt", "freeze_vision": 1}' 800
 """
 import json, math, os, sys, time, torch, yaml, torch.nn as nn, torch.nn.functional as F
 from aurora.registry import VISION

@@ -12,10 +12,11 @@ import torch
 from aurora.data.benchmarks import (BENCHMARKS, MULTIPLE_CHOICE, OPEN_ENDED, BenchmarkFormatError, Segment,
                                     read_benchmark, strip_option_letters)
 from aurora.data.video import VideoDecodeError, encode_mp4
-from aurora.evaluate import (PromptBuilder, eval_main, evaluate, extract_choice, open_ended_scores, sample_frames,
+from aurora.evaluation.options import extract_choice
+from aurora.evaluation.run import (PromptBuilder, eval_main, evaluate, open_ended_scores, sample_frames,
                              write_results)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures" / "benchmarks"
 FPS = 4
 
@@ -382,7 +383,7 @@ def _demo_checkpoint(path: Path, drop: str | None = None):
 
 def test_predictor_from_a_checkpoint(videos, tmp_path):
     from aurora.checkpoint import CheckpointError
-    from aurora.evaluate import AuroraPredictor
+    from aurora.evaluation.run import AuroraPredictor
 
     model = _demo_checkpoint(tmp_path / "m.ckpt")
     pred = AuroraPredictor(tmp_path / "m.ckpt", frames=2, max_new_tokens=3)

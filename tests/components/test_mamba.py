@@ -161,7 +161,7 @@ def test_dispatch_dtypes_errors_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-tiny = partial(tiny_backbone, "mamba")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
+tiny = partial(tiny_backbone, "mamba")  # pieces, forms, gradients, empty input: tests/components/test_backbone_contract.py
 
 
 def test_the_oldest_conv_column_is_never_read():

@@ -2,7 +2,7 @@
 schedules, non-finite losses, atomic checkpoints, kill + resume, DDP / FSDP2 equivalence and MLflow tracking.
 
 Run as a script, this file is the worker of the distributed tests:
-    python tests/test_train_scale.py STRATEGY DEVICES BATCH OUT.json
+    python tests/train/test_train_scale.py STRATEGY DEVICES BATCH OUT.json
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from aurora.data.shards import collate
-from aurora.lit import AuroraModule, lr_schedule
+from aurora.train.module import AuroraModule
+from aurora.train.optim import lr_schedule
 from aurora.types import IGNORE_INDEX, VIDEO_TOKEN
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes" / "auroralong"
 STAGES = ("pretrain", "vision", "language", "language_video")
 VISION = dict(name="siglip", hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
@@ -121,7 +122,7 @@ def _tiny_weights(root: Path) -> tuple[Path, Path]:
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     from aurora.components.rnn.rwkv6 import RWKV6
-    from aurora.convert import convert
+    from aurora.tools.convert import convert
 
     torch.manual_seed(0)
     siglip = root / "siglip"
@@ -283,7 +284,7 @@ def test_nonfinite_halt_names_the_step(tmp_path):
 
 # -- checkpoints: atomic writes, kill and resume -----------------------------------------------------------------
 def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path):
-    from aurora.callbacks import AtomicCheckpointIO
+    from aurora.train.callbacks import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
@@ -479,7 +480,7 @@ def _check_mlflow_run(uri: str, tmp: Path) -> None:
     """A 3-step `aurora fit` logs the flattened recipe, metrics, config.yaml and the loss-curve plot."""
     from mlflow.tracking import MlflowClient
 
-    cfg = _tiny_recipe(tmp, train=8, max_steps=3, logger={"class_path": "aurora.tracking.MLFlowLogger",
+    cfg = _tiny_recipe(tmp, train=8, max_steps=3, logger={"class_path": "aurora.train.tracking.MLFlowLogger",
                                                   "init_args": {"experiment_name": "scale", "tracking_uri": uri}})
     cli("--config", cfg)
     client = MlflowClient(tracking_uri=uri)

@@ -148,7 +148,7 @@ def test_dispatch_dtypes_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-tiny = partial(tiny_backbone, "rwkv7")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
+tiny = partial(tiny_backbone, "rwkv7")  # pieces, forms, gradients, empty input: tests/components/test_backbone_contract.py
 
 
 def test_official_initialisation():

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from aurora.ablate import GridError, cells, load_grid
+from aurora.tools.ablate import GridError, cells, load_grid
 from aurora.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

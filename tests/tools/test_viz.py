@@ -8,9 +8,11 @@ import torch
 
 from aurora.data.synthetic import render
 from aurora.data.video import encode_mp4
-from aurora.viz import (
-    VizError, build_vision, decode_frames, load_recipe, load_vision_weights, merge_map, patch_assignment, run_merge,
-    token_labels, viz_main,
+from aurora.cli import main as cli_main
+from aurora.infer.runconfig import load_recipe
+from aurora.tools.viz import (
+    VizError, build_vision, decode_frames, load_vision_weights, merge_map, patch_assignment, run_merge,
+    token_labels,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -54,7 +56,7 @@ def files(tmp_path_factory):
 
 def test_viz_merge_writes_a_png_and_a_summary(files, tmp_path, capsys):
     out = tmp_path / "sub" / "merge.png"
-    rc = viz_main(["merge", "--video", str(files / "v.mp4"), "--config", str(files / "tiny.yaml"), "--out", str(out)])
+    rc = cli_main(["viz", "merge", "--video", str(files / "v.mp4"), "--config", str(files / "tiny.yaml"), "--out", str(out)])
     assert rc == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in out.parent.iterdir()] == ["merge.png"]  # no temporary file left behind
@@ -141,7 +143,7 @@ def test_vision_weights_come_from_a_lightning_checkpoint(files, tmp_path, capsys
     bigger = dict(recipe["model"]["vision"], hidden_size=48)
     other = VISION.build(bigger)
     torch.save({"state_dict": {f"model.vision.{k}": v for k, v in other.state_dict().items()}}, tmp_path / "big.ckpt")
-    rc = viz_main(["merge", "--video", str(files / "v.mp4"), "--config", str(files / "tiny.yaml"),
+    rc = cli_main(["viz", "merge", "--video", str(files / "v.mp4"), "--config", str(files / "tiny.yaml"),
                    "--ckpt", str(tmp_path / "big.ckpt"), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert rc == 2 and "shape mismatch" in err and "model.vision.embeddings.patch_embedding.weight" in err
@@ -167,7 +169,7 @@ def test_bad_input_exits_2_with_a_named_error(files, tmp_path, capsys, video, co
     (files / "novision.yaml").write_text("model:\n  rnn: {name: rwkv6}\n")
     (files / "badname.yaml").write_text("model:\n  vision: {name: nope}\n")
     out = tmp_path / "merge.png"
-    rc = viz_main(["merge", "--video", str(files / video), "--config", str(files / config), "--out", str(out)])
+    rc = cli_main(["viz", "merge", "--video", str(files / video), "--config", str(files / config), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.startswith("aurora viz: error:")
     assert "Traceback" not in err and not out.exists()

@@ -1,4 +1,4 @@
-"""Streaming inference (aurora/stream.py, `aurora ask`): streamed chunked answers equal the one-shot model's, a saved
+"""Streaming inference (aurora/infer/engine.py, `aurora ask`): streamed chunked answers equal the one-shot model's, a saved
 state answers like reading from scratch, sampling is seeded, stop strings cut, memory stays flat over a long video,
 bad input is named, and the command runs from a checkpoint written by `aurora fit`."""
 import json
@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from aurora.checkpoint import CheckpointError, load_model
+from aurora.checkpoint import CheckpointError
+from aurora.model import load_model
 from aurora.data.prompt import PromptTemplate, Tokenizer
 from aurora.data.video import (VideoDecodeError, decode_video, encode_mp4, iter_frame_chunks, probe_video,
                                sample_indices, to_pixels, uniform_indices)
 from aurora.model import AuroraModel
-from aurora.stream import Generation, StreamEngine, StreamError, flatten_state, next_token, unflatten_state
+from aurora.infer.engine import Generation, StreamEngine, StreamError, flatten_state, next_token, unflatten_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 Q = "What colour is the shape?"
 
 
@@ -174,13 +175,13 @@ def test_stop_strings_and_eos(video):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
-    from aurora.bench import MEMORY_MMAP_THRESHOLD, _Meter, _mallopt, _reset_hwm
+    from aurora.tools.measure import MEMORY_MMAP_THRESHOLD, Meter as _Meter, mallopt as _mallopt, reset_hwm as _reset_hwm
     _mallopt(MEMORY_MMAP_THRESHOLD)
     import numpy as np, torch
     sys.path.insert(0, sys.argv[1])
     from test_stream import tiny_model
     from aurora.data.video import encode_mp4
-    from aurora.stream import Generation, StreamEngine
+    from aurora.infer.engine import Generation, StreamEngine
     assert _reset_hwm(), "VmHWM cannot be reset here"
     frames = np.random.RandomState(0).randint(0, 255, (640, 32, 32, 3), np.uint8)
     videos = {n: encode_mp4(frames[:n]) for n in (40, 640)}
@@ -201,7 +202,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable VmHWM")
 def test_long_video_streams_in_flat_memory():
     """640 frames vs 40 through the engine in a fresh process whose resident set follows the live tensors (see
-    aurora.bench): the RNN's peak does not grow; the transformer's (its KV cache) does, so the meter can see it."""
+    aurora.tools.bench_rnn): the RNN's peak does not grow; the transformer's (its KV cache) does, so the meter can see it."""
     r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(Path(__file__).parent)], capture_output=True,
                        text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -274,7 +275,7 @@ def test_a_wrong_checkpoint_is_named(tmp_path):
 
 def test_a_lora_checkpoint_loads_with_its_adapters(video, tmp_path):
     pytest.importorskip("peft", reason="LoRA needs peft (the lora extra)")
-    from aurora.lit import apply_lora
+    from aurora.lora import apply_lora
 
     model = tiny_model("rwkv6")
     lora = {"target_modules": ["att.key", "att.value"], "r": 2}
@@ -300,7 +301,7 @@ def test_a_lora_checkpoint_loads_with_its_adapters(video, tmp_path):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A run directory with the checkpoint of a 2-step `aurora fit` of the demo recipe (as tests/test_cli.py)."""
+    """A run directory with the checkpoint of a 2-step `aurora fit` of the demo recipe (as tests/core/test_cli.py)."""
     run = tmp_path_factory.mktemp("fit")
     r = subprocess.run(
         [sys.executable, "-m", "aurora.cli", "fit", "--config", str(ROOT / "recipes/demo.yaml"),

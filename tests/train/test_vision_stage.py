@@ -12,10 +12,10 @@ import torch
 from aurora.checkpoint import CheckpointError
 from aurora.data.frames import SyntheticFrameData, SyntheticFrames, frame_label_classes, held_out_frames, render_clip
 from aurora.data.synthetic import COLORS, SHAPES
-from aurora.lit import AuroraModule
-from aurora.vision_stage import VisionStage
+from aurora.train.module import AuroraModule
+from aurora.train.vision_stage import VisionStage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VISION = dict(name="siglip", hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
               image_size=32, patch_size=8)
 MERGE = dict(name="tome", keep_ratio=0.5)

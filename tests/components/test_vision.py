@@ -66,8 +66,8 @@ def test_proportional_attention_duplicate_tokens_equal_one_token_of_that_size():
     k = 3
     dup = torch.cat([x, x[:, 4:5].expand(1, k - 1, 32)], 1)  # token 4 present k times
     with torch.no_grad():
-        a, _ = enc._attention(layer, dup, torch.ones(1, 5 + k - 1, dtype=torch.float64))
-        b, _ = enc._attention(layer, x, torch.tensor([[1.0, 1, 1, 1, k]], dtype=torch.float64))
+        a, _ = enc.attention(layer, dup, torch.ones(1, 5 + k - 1, dtype=torch.float64))
+        b, _ = enc.attention(layer, x, torch.tensor([[1.0, 1, 1, 1, k]], dtype=torch.float64))
     assert torch.allclose(a[:, :5], b, atol=1e-10)
 
 

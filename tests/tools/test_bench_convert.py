@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from aurora.bench import bench_main, targets
+from aurora.cli import main as cli_main
+from aurora.tools.bench_rnn import targets
 from aurora.components.rnn.mamba import Mamba
 from aurora.components.rnn.rwkv6 import RWKV6
-from aurora.convert import convert_main, load_converted
+from aurora.checkpoint import load_converted
+from aurora.tools.convert import convert_main
 from aurora.registry import RNN
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_bench_writes_records_json_and_png(tmp_path, capsys):
     out_json, out_png = tmp_path / "b" / "r.json", tmp_path / "b" / "r.png"
-    rc = bench_main(["rnn", "--backbones", "rwkv6,gla", "--d-model", "64", "--n-layer", "1", "--vocab", "64",
+    rc = cli_main(["bench", "rnn", "--backbones", "rwkv6,gla", "--d-model", "64", "--n-layer", "1", "--vocab", "64",
                      "--lengths", "64,128", "--piece", "32", "--steps", "4", "--threads", "1",
                      "--json", str(out_json), "--plot", str(out_png)])
     assert rc == 0
@@ -54,7 +56,7 @@ def test_bench_writes_records_json_and_png(tmp_path, capsys):
 
 def test_bench_timeout_is_recorded_as_skipped(tmp_path, capsys):
     out_json = tmp_path / "r.json"
-    rc = bench_main(["rnn", "--backbones", "rwkv6", "--d-model", "64", "--n-layer", "1", "--lengths", "64,128",
+    rc = cli_main(["bench", "rnn", "--backbones", "rwkv6", "--d-model", "64", "--n-layer", "1", "--lengths", "64,128",
                      "--max-seconds", "0.3", "--json", str(out_json)])
     assert rc == 0
     first, second = json.loads(out_json.read_text())
@@ -66,7 +68,7 @@ def test_bench_timeout_is_recorded_as_skipped(tmp_path, capsys):
 
 def test_bench_refuses_unknown_backbones():
     with pytest.raises(KeyError, match="unknown rnn backbone 'nope'; known rnn backbones: .*rwkv6"):
-        bench_main(["rnn", "--backbones", "nope", "--lengths", "64"])
+        cli_main(["bench", "rnn", "--backbones", "nope", "--lengths", "64"])
 
 
 def test_targets_summary():
@@ -188,7 +190,7 @@ def test_load_converted_names_keys_of_a_file_that_does_not_fit(tmp_path):
 
 def test_bench_skips_a_length_its_predecessor_says_cannot_finish(monkeypatch, capsys, tmp_path):
     """The parent's extrapolation (the worker is replaced: each mode 'took' T / 1000 s)."""
-    import aurora.bench as bench
+    import aurora.tools.bench_rnn as bench
 
     ran = []
 
@@ -202,7 +204,7 @@ def test_bench_skips_a_length_its_predecessor_says_cannot_finish(monkeypatch, ca
     out = tmp_path / "r.json"
     # rwkv6: 3 modes x 1 s at T=1000 -> 6 s predicted at T=2000 (ok, <= 7), 12 s at 4000 (> 7: skipped);
     # transformer (quadratic): 3 s -> 12 s at T=2000, skipped.
-    assert bench_main(["rnn", "--backbones", "rwkv6,transformer", "--lengths", "1000,2000,4000",
+    assert cli_main(["bench", "rnn", "--backbones", "rwkv6,transformer", "--lengths", "1000,2000,4000",
                        "--max-seconds", "7", "--json", str(out)]) == 0
     assert ran == [("rwkv6", 1000), ("rwkv6", 2000), ("transformer", 1000)]
     recs = {(r["backbone"], r["T"]): r for r in json.loads(out.read_text())}

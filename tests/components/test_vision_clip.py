@@ -158,9 +158,9 @@ def test_finalize_gets_the_last_layers_keys_lined_up_with_the_tokens():
         layer = enc.layers[-1]
         h = enc.embed(pixels)
         for lay in enc.layers[:-1]:
-            h, _ = enc._attention(lay, h, None)
+            h, _ = enc.attention(lay, h, None)
             h = h + lay.mlp(lay.layer_norm2(h))
-        _, want = enc._attention(layer, h, None)
+        _, want = enc.attention(layer, h, None)
         assert torch.allclose(merge.final[1], want, atol=1e-6)
         assert torch.equal(want, layer.self_attn.k_proj(layer.layer_norm1(h)).view(2, GRID + 1, 2, 16).mean(2))
         # no layer run: no keys

@@ -6,8 +6,8 @@ import statistics
 import pytest
 import torch
 
-from aurora.bench import bench_main
-from aurora.bench_vision import bench_vision_main, parse_merge
+from aurora.cli import main as cli_main
+from aurora.tools.bench_vision import bench_vision_main, parse_merge
 from aurora.components.vision.base import MergingViT
 from aurora.registry import VISION
 
@@ -30,7 +30,7 @@ def output_tokens(encoder: str, feature_layer: int, spec: dict) -> int:
 
 def test_siglip_records_json_and_png(tmp_path, capsys):
     out_json, out_png = tmp_path / "b" / "v.json", tmp_path / "b" / "v.png"
-    rc = bench_main(["vision", *TINY, "--feature-layer", "-1", "--merges", "tome:0.5,tome:0.25,pool:2",
+    rc = cli_main(["bench", "vision", *TINY, "--feature-layer", "-1", "--merges", "tome:0.5,tome:0.25,pool:2",
                      "--json", str(out_json), "--plot", str(out_png)])  # through `aurora bench`'s dispatch
     assert rc == 0
     captured = capsys.readouterr()
@@ -84,7 +84,7 @@ def test_clip_class_token_and_merge_arguments(tmp_path):
 
 def test_unknown_merge_fails_listing_the_known_ones(capsys):
     with pytest.raises(SystemExit):
-        bench_main(["vision", *TINY, "--merges", "none,fancy:0.5"])
+        cli_main(["bench", "vision", *TINY, "--merges", "none,fancy:0.5"])
     err = capsys.readouterr().err
     assert "unknown merge strategy 'fancy'; known merge strategies: none, pool, temporal, tome, tome_post" in err
     with pytest.raises(SystemExit):

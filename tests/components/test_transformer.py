@@ -122,7 +122,7 @@ def test_rope_frequencies_equal_transformers(rope):
 # ----------------------------------------------------------------------------------------- the cache as state
 
 
-tiny = partial(tiny_backbone, "transformer")  # pieces, both backends, gradients: tests/test_backbone_contract.py
+tiny = partial(tiny_backbone, "transformer")  # pieces, both backends, gradients: tests/components/test_backbone_contract.py
 
 
 def test_sdpa_equals_eager_and_low_precision_runs():

@@ -159,7 +159,7 @@ def test_dispatch_dtypes_shape_checks_and_unknown_backend():
 # ------------------------------------------------------------------------------------------------ model
 
 
-tiny = partial(tiny_backbone, "mamba2")  # pieces, forms, gradients, empty input: tests/test_backbone_contract.py
+tiny = partial(tiny_backbone, "mamba2")  # pieces, forms, gradients, empty input: tests/components/test_backbone_contract.py
 
 
 def test_state_spaces_initialisation():

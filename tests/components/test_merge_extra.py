@@ -148,11 +148,11 @@ def test_encoder_attention_merged_duplicates_equal_unmerged():
     x = torch.randn(1, 8, 32, generator=g, dtype=torch.float64)
     x[:, 5] = x[:, 2]  # A token 2 (index 1 of A) duplicates B token 5 (index 2 of B): cosine 1, merged first
     with torch.no_grad():
-        full, keys = enc._attention(layer, x, None)
+        full, keys = enc.attention(layer, x, None)
         m = bipartite_soft_matching(keys, 1)
         assert m.merged.tolist() == [[1]] and m.into.tolist() == [[2]]
         xm, sm, _ = merge_wavg(x, torch.ones(1, 8, dtype=torch.float64), m)
-        merged, _ = enc._attention(layer, xm, sm)
+        merged, _ = enc.attention(layer, xm, sm)
         # the unmerged outputs put in the merge's layout (the pair's two equal outputs averaged into one)
         ym, _, _ = merge_wavg(full, torch.ones(1, 8, dtype=torch.float64), m)
         others = [i for i in range(7) if sm[0, i] == 1]  # every token but the merged pair
@@ -162,8 +162,8 @@ def test_encoder_attention_merged_duplicates_equal_unmerged():
         y = x[:, :5]
         dup = torch.cat([y, y[:, 3:4].expand(1, 2, 32)], 1)
         s_dup = torch.tensor([[1.0, 1, 1, 2, 1, 2, 2]], dtype=torch.float64)
-        a, _ = enc._attention(layer, dup, s_dup)
-        b, _ = enc._attention(layer, y, torch.tensor([[1.0, 1, 1, 6, 1]], dtype=torch.float64))
+        a, _ = enc.attention(layer, dup, s_dup)
+        b, _ = enc.attention(layer, y, torch.tensor([[1.0, 1, 1, 6, 1]], dtype=torch.float64))
     assert torch.allclose(a[:, :5], b, atol=1e-10)
 
 
@@ -451,9 +451,9 @@ def test_through_encoder_loop():
         # rerun the last layer's attention on its input to get the keys the encoder hands to finalize
         y = plain.embed(pixels)
         for layer in plain.layers[:-1]:
-            y, _ = plain._attention(layer, y, None)
+            y, _ = plain.attention(layer, y, None)
             y = y + layer.mlp(layer.layer_norm2(y))
-        _, keys = plain._attention(h, y, None)
+        _, keys = plain.attention(h, y, None)
         want = post.merge.finalize(x, keys, torch.ones(f, n), None)
         got = post(pixels)
     assert torch.allclose(got.tokens, want[0], atol=1e-6) and torch.equal(got.sizes, want[1])
