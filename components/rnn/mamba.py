@@ -27,28 +27,11 @@ from torch import Tensor, nn
 
 from aurora.kernels.selective_scan import BACKENDS, selective_scan
 from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
+from aurora.components.rnn.layers import RMSNorm
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
 LayerState = tuple[Tensor, Tensor]
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in at least float32, returned in the weight's dtype."""
-
-    def __init__(self, d: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        ct = torch.promote_types(torch.promote_types(x.dtype, self.weight.dtype), torch.float32)
-        xc = x.to(ct)
-        y = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.to(ct)).to(self.weight.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 class MambaMixer(nn.Module):
@@ -125,7 +108,7 @@ class MambaBlock(nn.Module):
     def __init__(self, d_model: int, norm_eps: float, residual_in_fp32: bool, **mixer: Any):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
-        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.norm = RMSNorm(d_model, eps=norm_eps, cast="weight")
         self.mixer = MambaMixer(d_model, **mixer)
 
     def forward(self, x: Tensor, state: LayerState | None, backend: str, chunk_size: int):
@@ -142,7 +125,7 @@ class _Backbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(MambaBlock(d_model, norm_eps, residual_in_fp32, **mixer) for _ in range(n_layer))
-        self.norm_f = RMSNorm(d_model, eps=norm_eps)
+        self.norm_f = RMSNorm(d_model, eps=norm_eps, cast="weight")
 
 
 @RNN.register("mamba")
