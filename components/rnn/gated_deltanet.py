@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.components.rnn.gla import FlaCausalLM, default_d_ffn
-from aurora.components.rnn.layers import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm, exact_dim
-from aurora.components.rnn.mamba import causal_depthwise_conv
+from aurora.components.rnn.layers import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm, causal_depthwise_conv, exact_dim
 from aurora.kernels.gated_delta import BACKENDS, gated_delta
 from aurora.registry import RNN
 

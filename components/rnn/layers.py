@@ -1,5 +1,5 @@
 """The building blocks several language backbones share: RMSNorm (plain and gated) with each reference's dtype
-rule, and a checked integer size.
+rule, the causal depthwise convolutions of the short-convolution mixers, and a checked integer size.
 
 The backbones follow different reference implementations, and those differ in where they cast: fla and
 state-spaces' Mamba-2 return a norm in the input's dtype, state-spaces' Mamba (v1) in the weight's, transformers'
@@ -95,3 +95,34 @@ class GatedRMSNorm(RMSNorm):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, activation={self.activation}"
                 + ("" if self.norm_before_gate else ", gate before norm"))
+
+
+# ------------------------------------------------------------------------------------- causal convolutions
+
+
+def causal_depthwise_conv(x: Tensor, prev: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Causal depthwise convolution of ``x`` (B, T, C) with ``weight`` (C, 1, W) (and ``bias``), the inputs before
+    ``x`` being ``prev`` (B, >= W - 1, C) (only the newest W - 1 are read). Computed as a 2-D convolution of the
+    channels-last (B, C, 1, W - 1 + T) view of the time-padded input: oneDNN's depthwise kernel reads and writes
+    that layout directly, with no transposing copies (several times faster on a CPU core than conv1d on a
+    (B, C, T) copy). Returns (B, T, C). (Mamba v1, Gated DeltaNet.)"""
+    w = weight.shape[-1]
+    xs = torch.cat([prev[:, prev.shape[1] - (w - 1):], x], 1)  # (B, W - 1 + T, C)
+    y = F.conv2d(xs.transpose(1, 2).unsqueeze(2), weight.to(xs.dtype).unsqueeze(2),
+                 None if bias is None else bias.to(xs.dtype), groups=x.shape[-1])
+    return y.squeeze(2).transpose(1, 2)
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Depthwise causal convolution over time. x (B, T, C), weight (C, 1, K), state (B, C, K - 1) = the previous
+    K - 1 inputs (zeros at the start). Returns (out (B, T, C), new state). (Mamba-2.)
+
+    The same function as :func:`causal_depthwise_conv` with the state in Mamba-2's (B, C, K - 1) layout, but
+    computed by ``F.conv1d`` on a (B, C, K - 1 + T) copy: the two kernels round differently in the last bit, so
+    each backbone keeps the one its results (and saved states) were made with."""
+    b, t, c = x.shape
+    k = weight.shape[-1]
+    prev = x.new_zeros(b, c, k - 1) if state is None else state.to(x.dtype)
+    seq = torch.cat([prev, x.transpose(1, 2)], -1)  # (B, C, K - 1 + T)
+    out = F.conv1d(seq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=c)
+    return out.transpose(1, 2), seq[:, :, seq.shape[-1] - (k - 1):]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from aurora.kernels.selective_scan import BACKENDS, selective_scan
 from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
-from aurora.components.rnn.layers import RMSNorm
+from aurora.components.rnn.layers import RMSNorm, causal_depthwise_conv
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
@@ -87,19 +87,6 @@ class MambaMixer(nn.Module):
             backend=backend, chunk_size=chunk_size,
         )
         return self.out_proj(y.transpose(1, 2)), (new_conv, ssm_state)
-
-
-def causal_depthwise_conv(x: Tensor, prev: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Causal depthwise convolution of ``x`` (B, T, C) with ``weight`` (C, 1, W) (and ``bias``), the inputs before
-    ``x`` being ``prev`` (B, >= W - 1, C) (only the newest W - 1 are read). Computed as a 2-D convolution of the
-    channels-last (B, C, 1, W - 1 + T) view of the time-padded input: oneDNN's depthwise kernel reads and writes
-    that layout directly, with no transposing copies (several times faster on a CPU core than conv1d on a
-    (B, C, T) copy). Returns (B, T, C)."""
-    w = weight.shape[-1]
-    xs = torch.cat([prev[:, prev.shape[1] - (w - 1):], x], 1)  # (B, W - 1 + T, C)
-    y = F.conv2d(xs.transpose(1, 2).unsqueeze(2), weight.to(xs.dtype).unsqueeze(2),
-                 None if bias is None else bias.to(xs.dtype), groups=x.shape[-1])
-    return y.squeeze(2).transpose(1, 2)
 
 
 class MambaBlock(nn.Module):

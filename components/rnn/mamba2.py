@@ -26,22 +26,11 @@ from torch import Tensor, nn
 
 from aurora.kernels.ssd import BACKENDS, ssd
 from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
-from aurora.components.rnn.layers import GatedRMSNorm, RMSNorm
+from aurora.components.rnn.layers import GatedRMSNorm, RMSNorm, causal_conv1d
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
 LayerState = tuple[Tensor, Tensor]
-
-
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Depthwise causal convolution over time. x (B, T, C), weight (C, 1, K), state (B, C, K - 1) = the previous
-    K - 1 inputs (zeros at the start). Returns (out (B, T, C), new state)."""
-    b, t, c = x.shape
-    k = weight.shape[-1]
-    prev = x.new_zeros(b, c, k - 1) if state is None else state.to(x.dtype)
-    seq = torch.cat([prev, x.transpose(1, 2)], -1)  # (B, C, K - 1 + T)
-    out = F.conv1d(seq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=c)
-    return out.transpose(1, 2), seq[:, :, seq.shape[-1] - (k - 1):]
 
 
 class Mixer(nn.Module):
