@@ -1,5 +1,6 @@
 """The building blocks several language backbones share: RMSNorm (plain and gated) with each reference's dtype
-rule, the causal depthwise convolutions of the short-convolution mixers, and a checked integer size.
+rule, the causal depthwise convolutions of the short-convolution mixers, RWKV's token shift, and a checked
+integer size.
 
 The backbones follow different reference implementations, and those differ in where they cast: fla and
 state-spaces' Mamba-2 return a norm in the input's dtype, state-spaces' Mamba (v1) in the weight's, transformers'
@@ -126,3 +127,13 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor 
     seq = torch.cat([prev, x.transpose(1, 2)], -1)  # (B, C, K - 1 + T)
     out = F.conv1d(seq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=c)
     return out.transpose(1, 2), seq[:, :, seq.shape[-1] - (k - 1):]
+
+
+# ------------------------------------------------------------------------------------------- token shift
+
+
+def token_shift(x: Tensor, last: Tensor | None) -> Tensor:
+    """x_{t-1} for every t of ``x`` (B, T, C), with the carried last token ``last`` (B, C) (zeros at the start) in
+    front. (RWKV's time and channel mixes.)"""
+    prev = x.new_zeros(x.shape[0], 1, x.shape[2]) if last is None else last[:, None].to(x.dtype)
+    return torch.cat([prev, x[:, :-1]], 1)

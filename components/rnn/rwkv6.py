@@ -28,15 +28,9 @@ from torch import Tensor, nn
 
 from aurora.components.rnn._hf import load_checked
 from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
+from aurora.components.rnn.layers import token_shift
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
-
-
-
-def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
-    """x_{t-1} for every t, with the carried last token (zeros at the start) in front."""
-    prev = x.new_zeros(x.shape[0], 1, x.shape[2]) if last is None else last[:, None].to(x.dtype)
-    return torch.cat([prev, x[:, :-1]], 1)
 
 
 class TimeMix(nn.Module):
@@ -92,7 +86,7 @@ class TimeMix(nn.Module):
     def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None, backend: str, chunk_size: int):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1).view(b * t, 5, -1).transpose(0, 1)
         mw, mk, mv, mr, mg = torch.bmm(lora, self.time_maa_w2).view(5, b, t, c).unbind(0)
         xw = x + dx * (self.time_maa_w + mw)
@@ -131,7 +125,7 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.value.weight)
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         k = torch.relu(self.key(x + dx * self.time_maa_k)) ** 2
         return torch.sigmoid(self.receptance(x + dx * self.time_maa_r)) * self.value(k), x[:, -1]
 

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from aurora.components.rnn._hf import load_checked
 from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
+from aurora.components.rnn.layers import token_shift
 from aurora.kernels.rwkv7 import BACKENDS, wkv7
 from aurora.registry import RNN
 
@@ -48,12 +49,6 @@ UNUSED_LAYER0 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 def _lora_rank(d_model: int, factor: float) -> int:
     """The official LoRA size suggestion: factor * sqrt(C), rounded to a multiple of 32, at least 32."""
     return max(32, int(round(factor * d_model ** 0.5 / 32)) * 32)
-
-
-def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
-    """x_{t-1} for every t, with the carried last token (zeros at the start) in front."""
-    prev = x.new_zeros(x.shape[0], 1, x.shape[2]) if last is None else last[:, None].to(x.dtype)
-    return torch.cat([prev, x[:, :-1]], 1)
 
 
 def _ortho(x: Tensor, scale: float) -> None:
@@ -120,7 +115,7 @@ class TimeMix(nn.Module):
                 backend: str, chunk_size: int):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         xr, xw, xk, xv, xa, xg = (x + dx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
         r = self.receptance(xr)
         k = self.key(xk)
@@ -164,7 +159,7 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.value.weight)
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         return self.value(torch.relu(self.key(x + dx * self.x_k)) ** 2), x[:, -1]
 
 
