@@ -26,7 +26,6 @@ neutral ones back for tools that expect them.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from aurora.components.rnn._hf import load_checked
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
+from aurora.components.rnn._rwkv import (LayerState, RWKVLanguageModel, fla_to_official_names, official_to_fla_names,
+                                         read_rwkv_checkpoint)
 from aurora.components.rnn.layers import token_shift
 from aurora.kernels.rwkv7 import BACKENDS, wkv7
 from aurora.registry import RNN
@@ -314,7 +314,8 @@ def official_state_dict(model: RWKV7) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------------ fla-hub (HF) format
 
-# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor)
+# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor: see
+# _rwkv.TO_OFFICIAL); the shared loops of _rwkv (fla_to_official_names / official_to_fla_names) read these tables
 _FLA_LAYER = {
     "pre_norm.weight": ("ln0.weight", "same"), "pre_norm.bias": ("ln0.bias", "same"),
     "attn_norm.weight": ("ln1.weight", "same"), "attn_norm.bias": ("ln1.bias", "same"),
@@ -332,9 +333,11 @@ _FLA_LAYER = {
 }
 _FLA_TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_out.weight",
             "model.norm.bias": "ln_out.bias", "lm_head.weight": "head.weight"}
-_CONVERT = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(1, 1, -1)}
-_BACK = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(-1)}
-_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+def _split_x_x(i: str, x: Tensor) -> dict[str, Tensor]:
+    """fla's first RWKV7Attention version: the six token-shift mixes stacked in ``attn.x_x`` (6, C)."""
+    return {f"blocks.{i}.att.x_{name}": x[j].reshape(1, 1, -1) for j, name in enumerate("rwkvag")}
 
 
 def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None = None
@@ -352,21 +355,8 @@ def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None
     if hidden is not None and value_dim is not None and any(
             d != hidden for d in (value_dim if isinstance(value_dim, list) else [value_dim])):
         raise ValueError(f"value_dim {value_dim} != hidden_size {hidden} is not supported")
-    out: dict[str, Tensor] = {}
-    for key, x in state_dict.items():
-        m = _LAYER_KEY.fullmatch(key)
-        if key in _FLA_TOP:
-            out[_FLA_TOP[key]] = x
-        elif m and m.group(2) == "attn.x_x":  # fla's first RWKV7Attention version: the six mixes stacked
-            for j, name in enumerate("rwkvag"):
-                out[f"blocks.{m.group(1)}.att.x_{name}"] = x[j].reshape(1, 1, -1)
-        elif m and m.group(2) in _FLA_LAYER:
-            name, how = _FLA_LAYER[m.group(2)]
-            out[f"blocks.{m.group(1)}.{name}"] = _CONVERT[how](x)
-        else:
-            out[key] = x
-    if "head.weight" not in out and config.get("tie_word_embeddings") and "emb.weight" in out:
-        out["head.weight"] = out["emb.weight"]
+    out = fla_to_official_names(state_dict, _FLA_LAYER, _FLA_TOP, {"attn.x_x": _split_x_x},
+                                config.get("tie_word_embeddings"))
     kwargs: dict[str, Any] = {}
     if "norm_eps" in config:
         kwargs["norm_eps"] = config["norm_eps"]
@@ -378,15 +368,4 @@ def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None
 def to_fla_state_dict(model: RWKV7) -> dict[str, Tensor]:
     """The model's weights under fla-hub's ``RWKV7ForCausalLM`` names and shapes (the inverse of the mapping
     :meth:`RWKV7.from_checkpoint` applies)."""
-    back = {official: (fla, how) for fla, (official, how) in _FLA_LAYER.items()}
-    top = {official: fla for fla, official in _FLA_TOP.items()}
-    out: dict[str, Tensor] = {}
-    for key, x in model.state_dict().items():
-        x = x.detach()
-        if key in top:
-            out[top[key]] = x.clone()
-            continue
-        _, i, rest = key.split(".", 2)
-        fla, how = back[rest]
-        out[f"model.layers.{i}.{fla}"] = _BACK[how](x).clone()
-    return out
+    return official_to_fla_names({k: v.detach() for k, v in model.state_dict().items()}, _FLA_LAYER, _FLA_TOP)
