@@ -38,16 +38,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# which source formats each backbone's loader reads (a backbone not listed: whatever its loader reads, auto only)
-FORMATS: dict[str, tuple[str, ...]] = {
-    "rwkv6": ("official", "hf"),
-    "rwkv7": ("official", "hf"),
-    "mamba": ("hf", "state-spaces"),
-    "mamba2": ("hf", "state-spaces"),
-    "gla": ("hf",),
-    "gated_deltanet": ("hf",),
-    "transformer": ("hf",),
-}
+# which source formats a backbone's loader reads is its class's ``formats`` (a backbone without one: whatever its
+# loader reads, auto only)
 FORMAT_CHOICES = ("auto", "official", "hf", "state-spaces")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -146,7 +138,7 @@ def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", 
     if not src.exists():
         raise FileNotFoundError(f"no checkpoint at {src}")
     cls = _registered(backbone)
-    supported = FORMATS.get(backbone)
+    supported: tuple[str, ...] | None = getattr(cls, "formats", None)
     if fmt != "auto" and supported is not None and fmt not in supported:
         raise ConvertError(f"{backbone} reads {' / '.join(supported)} checkpoints, not {fmt!r}")
     detected, evidence = detect_format(src)

@@ -137,6 +137,9 @@ class GatedDeltaNet(FlaCausalLM):
     CUDA use their own 64).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf",)
+
     def __init__(
         self,
         vocab_size: int = 32000,

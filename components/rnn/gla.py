@@ -213,6 +213,9 @@ class GLA(FlaCausalLM):
     (see :func:`aurora.kernels.gla.gla`).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf",)
+
     def __init__(
         self,
         vocab_size: int = 32000,

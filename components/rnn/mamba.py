@@ -125,6 +125,9 @@ class Mamba(RecurrentLM):
     picks the selective-scan kernel (see :func:`aurora.kernels.selective_scan.selective_scan`).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf", "state-spaces")
+
     def __init__(
         self,
         vocab_size: int = 50280,

@@ -103,6 +103,9 @@ class Mamba2(RecurrentLM):
     :func:`aurora.kernels.ssd.ssd`); ``chunk_size`` is its chunk length.
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf", "state-spaces")
+
     def __init__(
         self,
         vocab_size: int = 50288,

@@ -162,6 +162,9 @@ class RWKV6(RWKVLanguageModel):
     their ``norm_eps``). ``backend`` picks the WKV kernel (see :func:`aurora.kernels.rwkv6.wkv6`).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("official", "hf")
+
     def __init__(
         self,
         vocab_size: int = 65536,

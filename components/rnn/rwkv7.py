@@ -194,6 +194,9 @@ class RWKV7(RWKVLanguageModel):
     ``backend`` picks the WKV kernel (see :func:`aurora.kernels.rwkv7.wkv7`).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("official", "hf")
+
     def __init__(
         self,
         vocab_size: int = 65536,

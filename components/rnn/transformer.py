@@ -183,6 +183,9 @@ class Transformer(RecurrentLM):
     (torch's fused attention; ``auto`` picks it) or ``eager`` (the written-out formula, fp32 softmax).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf",)
+
     def __init__(
         self,
         vocab_size: int = 32000,
