@@ -41,16 +41,8 @@ from typing import Any
 from aurora.checkpoint import key_report
 from aurora.registry import RNN
 
-# which source formats each backbone's loader reads (a backbone not listed: whatever its loader reads, auto only)
-FORMATS: dict[str, tuple[str, ...]] = {
-    "rwkv6": ("official", "hf"),
-    "rwkv7": ("official", "hf"),
-    "mamba": ("hf", "state-spaces"),
-    "mamba2": ("hf", "state-spaces"),
-    "gla": ("hf",),
-    "gated_deltanet": ("hf",),
-    "transformer": ("hf",),
-}
+# which source formats a backbone's loader reads is its class's ``formats`` (a backbone without one: whatever its
+# loader reads, auto only)
 FORMAT_CHOICES = ("auto", "official", "hf", "state-spaces")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -127,7 +119,7 @@ def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", 
     if not src.exists():
         raise FileNotFoundError(f"no checkpoint at {src}")
     cls = _registered(backbone)
-    supported = FORMATS.get(backbone)
+    supported: tuple[str, ...] | None = getattr(cls, "formats", None)
     if fmt != "auto" and supported is not None and fmt not in supported:
         raise ConvertError(f"{backbone} reads {' / '.join(supported)} checkpoints, not {fmt!r}")
     detected, evidence = detect_format(src)
@@ -191,8 +183,10 @@ def _a(word: str) -> str:
 
 def _our_names(backbone: str, cls: type, sd: dict[str, Any]) -> dict[str, Any]:
     """A source state dict under our parameter names, by the backbone module's own renaming (if it has one)."""
+    from aurora.components.rnn._rwkv import is_fla
+
     mod = sys.modules[cls.__module__]
-    if backbone in ("rwkv6", "rwkv7") and getattr(mod, "_is_fla", lambda _: False)(sd):
+    if backbone in ("rwkv6", "rwkv7") and is_fla(sd):
         return mod.fla_to_official(sd)[0]
     for fn in ("normalize_state_dict", "to_our_keys"):
         if callable(getattr(mod, fn, None)):

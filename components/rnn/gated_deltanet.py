@@ -35,12 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aurora.components.rnn.gla import FlaCausalLM, GatedRMSNorm, RMSNorm, _exact, default_d_ffn
-from aurora.components.rnn.mamba import causal_depthwise_conv
+from aurora.components.rnn.gla import FlaCausalLM, default_d_ffn
+from aurora.components.rnn.layers import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm, causal_depthwise_conv, exact_dim
 from aurora.kernels.gated_delta import BACKENDS, gated_delta
 from aurora.registry import RNN
-
-GATE_ACTIVATIONS = ("swish", "silu", "sigmoid")
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -48,22 +46,6 @@ def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # one pass (pow + sum would take two)
     return (xf * torch.rsqrt(norm * norm + eps)).to(x.dtype)
-
-
-class OutputGateNorm(GatedRMSNorm):
-    """fla's ``FusedRMSNormGated``: ``rmsnorm(x) * act(g)`` with act = swish (= silu) or sigmoid."""
-
-    def __init__(self, dim: int, eps: float = 1e-6, activation: str = "swish"):
-        super().__init__(dim, eps)
-        self.activation = activation
-
-    def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
-        dt = torch.promote_types(x.dtype, torch.float32)
-        act = torch.sigmoid if self.activation == "sigmoid" else F.silu
-        return (RMSNorm.forward(self, x.to(dt)) * act(gate.to(dt))).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}"
 
 
 class GatedDeltaNetMixer(nn.Module):
@@ -89,9 +71,9 @@ class GatedDeltaNetMixer(nn.Module):
         if use_short_conv:  # depthwise causal convolutions (fla's ShortConvolution: an nn.Conv1d, no bias)
             for name, dim in (("q_conv1d", self.key_dim), ("k_conv1d", self.key_dim), ("v_conv1d", self.value_dim)):
                 self.add_module(name, nn.Conv1d(dim, dim, conv_size, groups=dim, padding=conv_size - 1, bias=False))
-        if use_gate:
+        if use_gate:  # fla's FusedRMSNormGated: rmsnorm(o) * act(g)
             self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
-            self.o_norm: nn.Module = OutputGateNorm(head_v_dim, norm_eps, output_gate_activation)
+            self.o_norm: nn.Module = GatedRMSNorm(head_v_dim, norm_eps, output_gate_activation)
         else:
             self.o_norm = RMSNorm(head_v_dim, norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
@@ -155,6 +137,9 @@ class GatedDeltaNet(FlaCausalLM):
     CUDA use their own 64).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf",)
+
     def __init__(
         self,
         vocab_size: int = 32000,
@@ -188,7 +173,7 @@ class GatedDeltaNet(FlaCausalLM):
         if output_gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"output_gate_activation must be one of {', '.join(GATE_ACTIVATIONS)}; "
                              f"got {output_gate_activation!r}")
-        head_v_dim = _exact(head_dim * expand_v, "head_dim * expand_v")
+        head_v_dim = exact_dim(head_dim * expand_v, "head_dim * expand_v")
         self.vocab_size, self.d_model, self.n_layer = vocab_size, d_model, n_layer
         self.n_head, self.n_v_head, self.head_k_dim, self.head_v_dim = n_head, n_v_head, head_dim, head_v_dim
         self.use_short_conv, self.conv_size = use_short_conv, conv_size

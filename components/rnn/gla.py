@@ -18,7 +18,6 @@ State per layer: ``(S,)`` with the GLA matrix state S (B, H, K, V) (float32; flo
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,37 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.components.rnn._hf import load_checked, read_config, read_weights
+from aurora.components.rnn.layers import GatedRMSNorm, RMSNorm, exact_dim
 from aurora.kernels.gla import BACKENDS, gla
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
 LayerState = tuple[Tensor]
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in float32 at least (as fla's kernels), returned in the input dtype."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        dt = torch.promote_types(x.dtype, torch.float32)
-        xf = x.to(dt)
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(dt)
-        return y.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
-
-
-class GatedRMSNorm(RMSNorm):
-    """fla's ``FusedRMSNormGated`` with the swish gate: ``rmsnorm(x) * g * sigmoid(g)``."""
-
-    def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
-        dt = torch.promote_types(x.dtype, torch.float32)
-        return (super().forward(x.to(dt)) * F.silu(gate.to(dt))).to(x.dtype)
 
 
 class GatedLinearAttention(nn.Module):
@@ -143,12 +117,6 @@ def default_d_ffn(d_model: int, hidden_ratio: float = 4) -> int:
     """fla's GatedMLP default: 2/3 of ``hidden_ratio * d_model``, rounded up to a multiple of 256."""
     d = int(d_model * hidden_ratio * 2 / 3)
     return 256 * ((d + 255) // 256)
-
-
-def _exact(dim: float, what: str) -> int:
-    if not math.isclose(dim, round(dim)):
-        raise ValueError(f"{what} = {dim} is not an integer")
-    return round(dim)
 
 
 class FlaCausalLM(RecurrentLM):
@@ -245,6 +213,9 @@ class GLA(FlaCausalLM):
     (see :func:`aurora.kernels.gla.gla`).
     """
 
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf",)
+
     def __init__(
         self,
         vocab_size: int = 32000,
@@ -271,8 +242,8 @@ class GLA(FlaCausalLM):
         if backend not in BACKENDS:
             raise ValueError(f"unknown gla backend {backend!r}; known backends: {', '.join(BACKENDS)}")
         n_kv_head = n_kv_head or n_head
-        key_dim = _exact(d_model * expand_k, "d_model * expand_k")
-        value_dim = _exact(d_model * expand_v, "d_model * expand_v")
+        key_dim = exact_dim(d_model * expand_k, "d_model * expand_k")
+        value_dim = exact_dim(d_model * expand_v, "d_model * expand_v")
         if key_dim % n_head or value_dim % n_head:
             raise ValueError(f"key_dim {key_dim} and value_dim {value_dim} must be multiples of n_head {n_head}")
         if n_head % n_kv_head:

@@ -27,28 +27,11 @@ from torch import Tensor, nn
 
 from aurora.kernels.selective_scan import BACKENDS, selective_scan
 from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
+from aurora.components.rnn.layers import RMSNorm, causal_depthwise_conv
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
 LayerState = tuple[Tensor, Tensor]
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in at least float32, returned in the weight's dtype."""
-
-    def __init__(self, d: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        ct = torch.promote_types(torch.promote_types(x.dtype, self.weight.dtype), torch.float32)
-        xc = x.to(ct)
-        y = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.to(ct)).to(self.weight.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 class MambaMixer(nn.Module):
@@ -106,26 +89,13 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.transpose(1, 2)), (new_conv, ssm_state)
 
 
-def causal_depthwise_conv(x: Tensor, prev: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Causal depthwise convolution of ``x`` (B, T, C) with ``weight`` (C, 1, W) (and ``bias``), the inputs before
-    ``x`` being ``prev`` (B, >= W - 1, C) (only the newest W - 1 are read). Computed as a 2-D convolution of the
-    channels-last (B, C, 1, W - 1 + T) view of the time-padded input: oneDNN's depthwise kernel reads and writes
-    that layout directly, with no transposing copies (several times faster on a CPU core than conv1d on a
-    (B, C, T) copy). Returns (B, T, C)."""
-    w = weight.shape[-1]
-    xs = torch.cat([prev[:, prev.shape[1] - (w - 1):], x], 1)  # (B, W - 1 + T, C)
-    y = F.conv2d(xs.transpose(1, 2).unsqueeze(2), weight.to(xs.dtype).unsqueeze(2),
-                 None if bias is None else bias.to(xs.dtype), groups=x.shape[-1])
-    return y.squeeze(2).transpose(1, 2)
-
-
 class MambaBlock(nn.Module):
     """``residual + Mixer(RMSNorm(residual))``; the residual stream in float32 at least when asked."""
 
     def __init__(self, d_model: int, norm_eps: float, residual_in_fp32: bool, **mixer: Any):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
-        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.norm = RMSNorm(d_model, eps=norm_eps, cast="weight")
         self.mixer = MambaMixer(d_model, **mixer)
 
     def forward(self, x: Tensor, state: LayerState | None, backend: str, chunk_size: int):
@@ -142,7 +112,7 @@ class _Backbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(MambaBlock(d_model, norm_eps, residual_in_fp32, **mixer) for _ in range(n_layer))
-        self.norm_f = RMSNorm(d_model, eps=norm_eps)
+        self.norm_f = RMSNorm(d_model, eps=norm_eps, cast="weight")
 
 
 @RNN.register("mamba")
@@ -154,6 +124,9 @@ class Mamba(RecurrentLM):
     keeps the residual stream in float32 under lower-precision weights (as the released models). ``backend``
     picks the selective-scan kernel (see :func:`aurora.kernels.selective_scan.selective_scan`).
     """
+
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf", "state-spaces")
 
     def __init__(
         self,

@@ -26,47 +26,11 @@ from torch import Tensor, nn
 
 from aurora.kernels.ssd import BACKENDS, ssd
 from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
+from aurora.components.rnn.layers import GatedRMSNorm, RMSNorm, causal_conv1d
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
 LayerState = tuple[Tensor, Tensor]
-
-
-def _rms_norm(x: Tensor, weight: Tensor, eps: float, group_size: int | None = None) -> Tensor:
-    """RMS normalisation in at least fp32 (over groups of ``group_size`` channels if given), back in x's dtype."""
-    ct = torch.promote_types(x.dtype, torch.float32)
-    h = x.to(ct)
-    if group_size is not None and group_size != h.shape[-1]:
-        h = h.unflatten(-1, (-1, group_size))
-        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2)
-    else:
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return (h * weight.to(ct)).to(x.dtype)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps, self.group_size = eps, group_size
-
-    def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        """``norm(x)``, or with ``gate`` the Mamba-2 gated form ``norm(x * silu(gate))`` (gate before norm)."""
-        if gate is not None:
-            ct = torch.promote_types(x.dtype, torch.float32)
-            return _rms_norm(x.to(ct) * F.silu(gate.to(ct)), self.weight, self.eps, self.group_size).to(x.dtype)
-        return _rms_norm(x, self.weight, self.eps, self.group_size)
-
-
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Depthwise causal convolution over time. x (B, T, C), weight (C, 1, K), state (B, C, K - 1) = the previous
-    K - 1 inputs (zeros at the start). Returns (out (B, T, C), new state)."""
-    b, t, c = x.shape
-    k = weight.shape[-1]
-    prev = x.new_zeros(b, c, k - 1) if state is None else state.to(x.dtype)
-    seq = torch.cat([prev, x.transpose(1, 2)], -1)  # (B, C, K - 1 + T)
-    out = F.conv1d(seq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=c)
-    return out.transpose(1, 2), seq[:, :, seq.shape[-1] - (k - 1):]
 
 
 class Mixer(nn.Module):
@@ -85,7 +49,8 @@ class Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.n_head))
         self.A_log = nn.Parameter(torch.empty(self.n_head))
         self.D = nn.Parameter(torch.ones(self.n_head))
-        self.norm = RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // n_groups)
+        # state-spaces' RMSNormGated: norm(y * silu(z)) per group of heads (the gate before the norm)
+        self.norm = GatedRMSNorm(d_inner, eps=norm_eps, norm_before_gate=False, group_size=d_inner // n_groups)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         with torch.no_grad():  # state-spaces' initialisation: log-uniform step sizes, A uniform in A_init_range
             dt = torch.exp(torch.rand(self.n_head) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -109,7 +74,7 @@ class Mixer(nn.Module):
             B.view(b, t, self.n_groups, self.d_state), C.view(b, t, self.n_groups, self.d_state), self.D,
             ssm_state, backend=backend, chunk_size=chunk_size,
         )
-        y = self.norm(y.reshape(b, t, self.d_inner), gate=z)
+        y = self.norm(y.reshape(b, t, self.d_inner), z)
         return self.out_proj(y), (conv_state, ssm_state)
 
 
@@ -137,6 +102,9 @@ class Mamba2(RecurrentLM):
     embedding with the LM head (the official checkpoints do). ``backend`` picks the SSD kernel (see
     :func:`aurora.kernels.ssd.ssd`); ``chunk_size`` is its chunk length.
     """
+
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf", "state-spaces")
 
     def __init__(
         self,

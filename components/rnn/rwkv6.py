@@ -27,16 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.components.rnn._hf import load_checked
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
+from aurora.components.rnn._rwkv import (LayerState, RWKVLanguageModel, fla_to_official_names, official_to_fla_names,
+                                         read_rwkv_checkpoint)
+from aurora.components.rnn.layers import token_shift
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
-
-
-
-def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
-    """x_{t-1} for every t, with the carried last token (zeros at the start) in front."""
-    prev = x.new_zeros(x.shape[0], 1, x.shape[2]) if last is None else last[:, None].to(x.dtype)
-    return torch.cat([prev, x[:, :-1]], 1)
 
 
 class TimeMix(nn.Module):
@@ -92,7 +87,7 @@ class TimeMix(nn.Module):
     def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None, backend: str, chunk_size: int):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1).view(b * t, 5, -1).transpose(0, 1)
         mw, mk, mv, mr, mg = torch.bmm(lora, self.time_maa_w2).view(5, b, t, c).unbind(0)
         xw = x + dx * (self.time_maa_w + mw)
@@ -131,7 +126,7 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.value.weight)
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         k = torch.relu(self.key(x + dx * self.time_maa_k)) ** 2
         return torch.sigmoid(self.receptance(x + dx * self.time_maa_r)) * self.value(k), x[:, -1]
 
@@ -166,6 +161,9 @@ class RWKV6(RWKVLanguageModel):
     layer norms' epsilon, ``ln_x_eps`` the per-head group norm's (officially 64e-5; fla-hub checkpoints use
     their ``norm_eps``). ``backend`` picks the WKV kernel (see :func:`aurora.kernels.rwkv6.wkv6`).
     """
+
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("official", "hf")
 
     def __init__(
         self,
@@ -289,7 +287,8 @@ def load_official_state_dict(model: RWKV6, state_dict: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------ fla-hub (HF) format
 
-# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor)
+# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor: see
+# _rwkv.TO_OFFICIAL); the shared loops of _rwkv (fla_to_official_names / official_to_fla_names) read these tables
 _FLA_LAYER = {
     "pre_norm.weight": ("ln0.weight", "same"), "pre_norm.bias": ("ln0.bias", "same"),
     "attn_norm.weight": ("ln1.weight", "same"), "attn_norm.bias": ("ln1.bias", "same"),
@@ -312,9 +311,6 @@ _FLA_LAYER = {
 }
 _FLA_TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_out.weight",
             "model.norm.bias": "ln_out.bias", "lm_head.weight": "head.weight"}
-_CONVERT = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(1, 1, -1)}
-_BACK = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(-1)}
-_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 # The five data-dependent token-shift mixes. fla stacks them (x_bias rows, the x_proj LoRA blocks) as r, w, k, v, g;
 # the official time_maa_w1 columns / time_maa_w2 blocks are w, k, v, r, g.
@@ -370,20 +366,8 @@ def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None
     weights, are refused by name."""
     config = config or {}
     _check_fla_config(config)
-    out: dict[str, Tensor] = {}
-    for key, x in state_dict.items():
-        m = _LAYER_KEY.fullmatch(key)
-        if key in _FLA_TOP:
-            out[_FLA_TOP[key]] = x
-        elif m and m.group(2) in _STACKED:
-            out.update(_stacked_to_official(m.group(1), m.group(2), x))
-        elif m and m.group(2) in _FLA_LAYER:
-            name, how = _FLA_LAYER[m.group(2)]
-            out[f"blocks.{m.group(1)}.{name}"] = _CONVERT[how](x)
-        else:
-            out[key] = x
-    if "head.weight" not in out and config.get("tie_word_embeddings") and "emb.weight" in out:
-        out["head.weight"] = out["emb.weight"]
+    stacked = {name: (lambda i, x, name=name: _stacked_to_official(i, name, x)) for name in _STACKED}
+    out = fla_to_official_names(state_dict, _FLA_LAYER, _FLA_TOP, stacked, config.get("tie_word_embeddings"))
     if not config.get("norm_bias", True):  # fla's layer norms without bias: ours with a zero one
         for key in [k for k in out if re.fullmatch(r"blocks\.\d+\.ln[012]\.weight|ln_out\.weight", k)]:
             out.setdefault(key[:-len("weight")] + "bias", torch.zeros_like(out[key]))
@@ -418,18 +402,8 @@ def _check_config_sizes(config: dict[str, Any], official: dict[str, Tensor]) -> 
 def to_fla_state_dict(model: RWKV6) -> dict[str, Tensor]:
     """The model's weights under fla-hub's ``RWKV6ForCausalLM`` names and shapes (the inverse of the mapping
     :meth:`RWKV6.from_checkpoint` applies)."""
-    back = {official: (fla, how) for fla, (official, how) in _FLA_LAYER.items()}
-    top = {official: fla for fla, official in _FLA_TOP.items()}
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    out: dict[str, Tensor] = {}
-    for key, x in sd.items():
-        if key in top:
-            out[top[key]] = x.clone()
-            continue
-        _, i, rest = key.split(".", 2)
-        if rest in back:
-            fla, how = back[rest]
-            out[f"model.layers.{i}.{fla}"] = _BACK[how](x).clone()
+    out = official_to_fla_names(sd, _FLA_LAYER, _FLA_TOP, strict=False)  # the stacked token-shift tensors below
     for i in range(model.n_layer):
         att = f"blocks.{i}.att."
         out[f"model.layers.{i}.attn.x_bias"] = torch.stack([sd[att + f"time_maa_{m}"].reshape(-1) for m in _FLA_MIXES])

@@ -26,7 +26,6 @@ neutral ones back for tools that expect them.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from aurora.components.rnn._hf import load_checked
-from aurora.components.rnn._rwkv import LayerState, RWKVLanguageModel, read_rwkv_checkpoint
+from aurora.components.rnn._rwkv import (LayerState, RWKVLanguageModel, fla_to_official_names, official_to_fla_names,
+                                         read_rwkv_checkpoint)
+from aurora.components.rnn.layers import token_shift
 from aurora.kernels.rwkv7 import BACKENDS, wkv7
 from aurora.registry import RNN
 
@@ -48,12 +49,6 @@ UNUSED_LAYER0 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 def _lora_rank(d_model: int, factor: float) -> int:
     """The official LoRA size suggestion: factor * sqrt(C), rounded to a multiple of 32, at least 32."""
     return max(32, int(round(factor * d_model ** 0.5 / 32)) * 32)
-
-
-def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
-    """x_{t-1} for every t, with the carried last token (zeros at the start) in front."""
-    prev = x.new_zeros(x.shape[0], 1, x.shape[2]) if last is None else last[:, None].to(x.dtype)
-    return torch.cat([prev, x[:, :-1]], 1)
 
 
 def _ortho(x: Tensor, scale: float) -> None:
@@ -120,7 +115,7 @@ class TimeMix(nn.Module):
                 backend: str, chunk_size: int):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         xr, xw, xk, xv, xa, xg = (x + dx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
         r = self.receptance(xr)
         k = self.key(xk)
@@ -164,7 +159,7 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.value.weight)
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-        dx = _shifted(x, shift) - x
+        dx = token_shift(x, shift) - x
         return self.value(torch.relu(self.key(x + dx * self.x_k)) ** 2), x[:, -1]
 
 
@@ -198,6 +193,9 @@ class RWKV7(RWKVLanguageModel):
     1.7, 5. ``norm_eps`` is the layer norms' epsilon, ``ln_x_eps`` the per-head group norm's (officially 64e-5).
     ``backend`` picks the WKV kernel (see :func:`aurora.kernels.rwkv7.wkv7`).
     """
+
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("official", "hf")
 
     def __init__(
         self,
@@ -319,7 +317,8 @@ def official_state_dict(model: RWKV7) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------------ fla-hub (HF) format
 
-# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor)
+# fla name (after "model.layers.{i}.") -> (official name after "blocks.{i}.", how to convert the tensor: see
+# _rwkv.TO_OFFICIAL); the shared loops of _rwkv (fla_to_official_names / official_to_fla_names) read these tables
 _FLA_LAYER = {
     "pre_norm.weight": ("ln0.weight", "same"), "pre_norm.bias": ("ln0.bias", "same"),
     "attn_norm.weight": ("ln1.weight", "same"), "attn_norm.bias": ("ln1.bias", "same"),
@@ -337,9 +336,11 @@ _FLA_LAYER = {
 }
 _FLA_TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_out.weight",
             "model.norm.bias": "ln_out.bias", "lm_head.weight": "head.weight"}
-_CONVERT = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(1, 1, -1)}
-_BACK = {"same": lambda x: x, "t": lambda x: x.t().contiguous(), "row": lambda x: x.reshape(-1)}
-_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+def _split_x_x(i: str, x: Tensor) -> dict[str, Tensor]:
+    """fla's first RWKV7Attention version: the six token-shift mixes stacked in ``attn.x_x`` (6, C)."""
+    return {f"blocks.{i}.att.x_{name}": x[j].reshape(1, 1, -1) for j, name in enumerate("rwkvag")}
 
 
 def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None = None
@@ -357,21 +358,8 @@ def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None
     if hidden is not None and value_dim is not None and any(
             d != hidden for d in (value_dim if isinstance(value_dim, list) else [value_dim])):
         raise ValueError(f"value_dim {value_dim} != hidden_size {hidden} is not supported")
-    out: dict[str, Tensor] = {}
-    for key, x in state_dict.items():
-        m = _LAYER_KEY.fullmatch(key)
-        if key in _FLA_TOP:
-            out[_FLA_TOP[key]] = x
-        elif m and m.group(2) == "attn.x_x":  # fla's first RWKV7Attention version: the six mixes stacked
-            for j, name in enumerate("rwkvag"):
-                out[f"blocks.{m.group(1)}.att.x_{name}"] = x[j].reshape(1, 1, -1)
-        elif m and m.group(2) in _FLA_LAYER:
-            name, how = _FLA_LAYER[m.group(2)]
-            out[f"blocks.{m.group(1)}.{name}"] = _CONVERT[how](x)
-        else:
-            out[key] = x
-    if "head.weight" not in out and config.get("tie_word_embeddings") and "emb.weight" in out:
-        out["head.weight"] = out["emb.weight"]
+    out = fla_to_official_names(state_dict, _FLA_LAYER, _FLA_TOP, {"attn.x_x": _split_x_x},
+                                config.get("tie_word_embeddings"))
     kwargs: dict[str, Any] = {}
     if "norm_eps" in config:
         kwargs["norm_eps"] = config["norm_eps"]
@@ -383,15 +371,4 @@ def fla_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None
 def to_fla_state_dict(model: RWKV7) -> dict[str, Tensor]:
     """The model's weights under fla-hub's ``RWKV7ForCausalLM`` names and shapes (the inverse of the mapping
     :meth:`RWKV7.from_checkpoint` applies)."""
-    back = {official: (fla, how) for fla, (official, how) in _FLA_LAYER.items()}
-    top = {official: fla for fla, official in _FLA_TOP.items()}
-    out: dict[str, Tensor] = {}
-    for key, x in model.state_dict().items():
-        x = x.detach()
-        if key in top:
-            out[top[key]] = x.clone()
-            continue
-        _, i, rest = key.split(".", 2)
-        fla, how = back[rest]
-        out[f"model.layers.{i}.{fla}"] = _BACK[how](x).clone()
-    return out
+    return official_to_fla_names({k: v.detach() for k, v in model.state_dict().items()}, _FLA_LAYER, _FLA_TOP)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aurora.components.rnn._hf import checkpoint_folder, load_checked, read_config, read_weights
+from aurora.components.rnn.layers import RMSNorm
 from aurora.registry import RNN
 from aurora.types import RecurrentLM
 
@@ -40,24 +41,6 @@ ARCHITECTURES = ("llama", "qwen2")
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-
-
-class RMSNorm(nn.Module):
-    """``weight * x / rms(x)``, normalised in at least fp32 and cast back to x's dtype before the weight (the
-    Llama order, so bf16 results match transformers')."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = x.to(torch.promote_types(x.dtype, torch.float32))
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 def rope_scaling_config(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -173,9 +156,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, d_model, n_head, n_kv_head, head_dim, d_ffn, qkv_bias, o_bias, mlp_bias, norm_eps):
         super().__init__()
-        self.input_layernorm = RMSNorm(d_model, norm_eps)
+        self.input_layernorm = RMSNorm(d_model, norm_eps, cast="llama")
         self.self_attn = Attention(d_model, n_head, n_kv_head, head_dim, qkv_bias, o_bias)
-        self.post_attention_layernorm = RMSNorm(d_model, norm_eps)
+        self.post_attention_layernorm = RMSNorm(d_model, norm_eps, cast="llama")
         self.mlp = MLP(d_model, d_ffn, mlp_bias)
 
     def forward(self, x: Tensor, past: LayerState | None, cos: Tensor, sin: Tensor, backend: str):
@@ -199,6 +182,9 @@ class Transformer(RecurrentLM):
     ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``). ``backend``: ``sdpa``
     (torch's fused attention; ``auto`` picks it) or ``eager`` (the written-out formula, fp32 softmax).
     """
+
+    # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
+    formats: tuple[str, ...] = ("hf",)
 
     def __init__(
         self,
@@ -250,7 +236,7 @@ class Transformer(RecurrentLM):
             Block(d_model, n_head, n_kv_head, head_dim, self.d_ffn, qkv_bias, o_bias, mlp_bias, norm_eps)
             for _ in range(n_layer)
         )
-        self.norm = RMSNorm(d_model, norm_eps)
+        self.norm = RMSNorm(d_model, norm_eps, cast="llama")
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         with torch.no_grad():  # transformers' initialisation: N(0, init_std) weights, zero biases, unit norms
             for module in self.modules():

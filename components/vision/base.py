@@ -27,9 +27,10 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from aurora.registry import MERGE
-from aurora.types import VisionEncoder, VisualTokens, checkpoint
+from aurora.types import VisionEncoder, VisualTokens
 
 from .cache import FeatureCache, config_hash, pixels_key, weights_fingerprint
 
