@@ -118,3 +118,16 @@ def test_aurora_demo_runs_both_stages(tmp_path):
     assert set(metrics["frame_order_ablation"]) == {"original", "shuffled", "reversed"}
     assert metrics["train_steps"] == 2 and metrics["vision_stage"]["steps"] == 2
     assert r.stdout.strip().splitlines()[-1] == f"demo accuracy: {metrics['accuracy']:.3f} (chance: {metrics['chance']:.3f})"
+
+
+def test_demo_warns_when_max_time_cuts_a_stage(capsys):
+    """The demo reaches its accuracy by steps; a stage the max_time safety net stopped is reported, not hidden."""
+    from types import SimpleNamespace
+
+    from aurora.train.demo import _warn_if_cut
+
+    _warn_if_cut(SimpleNamespace(max_steps=800, global_step=800), "stage 2")
+    assert capsys.readouterr().out == ""
+    _warn_if_cut(SimpleNamespace(max_steps=800, global_step=512), "stage 2")
+    out = capsys.readouterr().out
+    assert "stage 2 stopped by trainer.max_time after 512 of 800 steps" in out
