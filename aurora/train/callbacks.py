@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,6 +11,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from aurora.io import atomic_open, atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,6 +32,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         for stale in path.parent.glob(f".{path.name}.*tmp*"):
             stale.unlink(missing_ok=True)
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Every checkpoint, local or remote, is read weights-only, whatever the caller asks: Lightning reads
+        URLs with ``weights_only=False`` by default, so ``--ckpt_path http://...`` holding a pickle would run
+        its code. A file that is not a readable checkpoint raises CheckpointError naming it (a clear one-line
+        error on the command line, not a traceback)."""
+        from aurora.checkpoint import CheckpointError
+
+        if weights_only is False:
+            log.warning("checkpoint %s: weights_only=False asked for; aurora reads every checkpoint weights-only", path)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # UnpicklingError (a pickle weights_only refuses), zip / EOF errors, HTTP errors
+            raise CheckpointError(f"cannot read checkpoint {path} weights-only ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
