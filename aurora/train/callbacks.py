@@ -10,7 +10,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from aurora.io import atomic_open, atomic_write
+from aurora.io import atomic_open, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # left by a process killed while writing (``.NAME.PID.tmp``; older runs wrote ``.NAME.tmpPID``)
         for stale in path.parent.glob(f".{path.name}.*tmp*"):
             stale.unlink(missing_ok=True)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+        if path.parent.is_dir():  # and those of other checkpoint names, once their writer is gone
+            remove_stale_temporaries(path.parent)
+        try:
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+        except (RuntimeError, OSError) as e:
+            raise disk_full_error(e, path) from e
+
+
+def disk_full_error(e: BaseException, path: Path) -> BaseException:
+    """``e`` as "no space left on device" naming ``path`` when the disk is full (torch.save says only
+    ``basic_ios::clear: iostream error``); other errors unchanged."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or (free is not None and free < 2**20):
+        return OSError(errno.ENOSPC, f"no space left on device while writing checkpoint {path} "
+                                     f"({'unknown' if free is None else free} bytes free)")
+    return e
 
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:

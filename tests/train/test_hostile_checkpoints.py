@@ -95,3 +95,32 @@ def test_cli_ckpt_of_another_architecture_is_refused(tmp_path):
     r = aurora("test", "--config", DEMO, *TINY, f"--ckpt_path={tmp_path / 'other.ckpt'}", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "another architecture" in r.stderr and "rnn.d_model" in r.stderr
+
+
+def test_disk_full_says_so_and_names_the_path(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: basic_ios::clear: "
+                           "iostream error")
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(OSError, match="no space left on device") as e:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
+    assert str(path) in str(e.value)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    stale = tmp_path / f".epoch=1.ckpt.{pid}.tmp"
+    live = tmp_path / f".epoch=2.ckpt.{os.getppid()}.tmp"  # a writer still running
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"y")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1)}}, tmp_path / "last.ckpt")
+    assert not stale.exists() and live.exists() and (tmp_path / "last.ckpt").exists()
