@@ -124,3 +124,15 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     live.write_bytes(b"y")
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1)}}, tmp_path / "last.ckpt")
     assert not stale.exists() and live.exists() and (tmp_path / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("flag,words", [
+    ("--model.rnn.d_model=abc", ["d_model", "must be int"]),
+    ("--data.num_frames=0", ["data.num_frames", "positive"]),
+    ("--model.merge.keep_ratio=7", ["keep_ratio"]),
+    ("--model.freeze=[nose]", ["unknown model part 'nose'"]),
+])
+def test_bad_recipe_values_are_one_line_and_exit_2(tmp_path, flag, words):
+    r = aurora("fit", "--config", DEMO, *TINY, flag, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert all(w in r.stderr for w in words) and "Traceback" not in r.stderr, r.stderr[-3000:]
