@@ -68,7 +68,38 @@ class Registry(Generic[T]):
             if "name" not in kwargs:
                 raise KeyError(f"{self.kind} spec needs a 'name' (one of: {', '.join(self.names())}); got {spec!r}")
             name = kwargs.pop("name")
-        return self.get(name)(**kwargs, **extra)
+        factory = self.get(name)
+        what = f"{self.kind} {name!r}"
+        check_arguments(what, factory, kwargs)
+        try:
+            return factory(**kwargs, **extra)
+        except (ArithmeticError, RuntimeError) as e:  # head_size 0, a negative dimension: a recipe error, named
+            raise ValueError(f"{what} cannot be built from {dict(kwargs)}: {type(e).__name__}: {e}") from e
+
+
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def check_arguments(what: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """A recipe value of the wrong type for an argument annotated ``int``, ``float``, ``bool`` or ``str`` is a
+    TypeError naming the argument, the expected type and the value (``d_model: abc``), instead of a failure deep
+    inside a layer's constructor. Other annotations (unions, containers) are left to the factory."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in kwargs.items():
+        p = params.get(key)
+        if p is None or value is None:
+            continue
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
+        want = _SCALARS.get(ann) if isinstance(ann, str) else None
+        if want is None:
+            continue
+        if (isinstance(value, bool) and ann != "bool") or not isinstance(value, want):
+            raise TypeError(f"{what}: argument {key!r} must be {ann}, got {type(value).__name__} {value!r}")
 
 
 VISION: Registry = Registry("vision backbone", home="aurora.components.vision")

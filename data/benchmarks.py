@@ -71,6 +71,7 @@ class Benchmark:
     files: list[str]  # the annotation files read
     records: int = 0  # annotation records read (questions)
     missing_videos: list[dict[str, str]] = field(default_factory=list)  # {"id", "video"}: not in the folder
+    refused_videos: list[dict[str, str]] = field(default_factory=list)  # {"id", "video", "reason"}: outside it
     unlabelled: int = 0  # questions without a published answer (EgoSchema outside its subset, ...)
 
     @property
@@ -80,6 +81,8 @@ class Benchmark:
     def summary(self) -> str:
         parts = [f"{self.name}: {len(self.samples)} questions with videos of {self.records} read from "
                  f"{len(self.files)} file(s)"]
+        if self.refused_videos:
+            parts.append(f"{len(self.refused_videos)} videos refused (outside the video folder)")
         if self.missing_videos:
             first = ", ".join(m["video"] for m in self.missing_videos[:3])
             parts.append(f"{len(self.missing_videos)} videos missing (e.g. {first})")
@@ -92,8 +95,11 @@ Reader = Callable[[Path, Path], Benchmark]
 BENCHMARKS: Registry = Registry("benchmark")
 
 
-def read_benchmark(name: str, annotations: str | Path, videos: str | Path) -> Benchmark:
-    """Read benchmark ``name`` (see ``BENCHMARKS.names()``) from its annotation file(s) and a video folder."""
+def read_benchmark(name: str, annotations: str | Path, videos: str | Path, allow_outside: bool = False) -> Benchmark:
+    """Read benchmark ``name`` (see ``BENCHMARKS.names()``) from its annotation file(s) and a video folder.
+
+    A video path that resolves outside ``videos`` (``../../etc/passwd``, an absolute path, a symlink out) is not
+    read: the sample goes to ``bench.refused_videos`` (counted, logged), unless ``allow_outside``."""
     reader = BENCHMARKS.get(name)
     ann, vid = Path(annotations), Path(videos)
     if not ann.exists():
@@ -101,9 +107,26 @@ def read_benchmark(name: str, annotations: str | Path, videos: str | Path) -> Be
     if not vid.is_dir():
         raise FileNotFoundError(f"{name} video folder not found (or not a folder): {vid}")
     bench = reader(ann, vid)
+    if not allow_outside:
+        refuse_outside(bench, vid)
     if bench.missing_videos:
         log.info("%s: %d of %d videos missing from %s", name, len(bench.missing_videos), bench.records, vid)
     return bench
+
+
+def refuse_outside(bench: Benchmark, root: Path) -> None:
+    """Move the samples whose video resolves (symlinks followed) outside ``root`` to ``bench.refused_videos``."""
+    top = root.resolve()
+    kept = []
+    for s in bench.samples:
+        real = Path(s.video).resolve()
+        if real.is_relative_to(top):
+            kept.append(s)
+            continue
+        bench.refused_videos.append({"id": s.id, "video": s.video, "reason": f"resolves to {real}, outside {top}"})
+        log.warning("%s: not reading the video of %s: %s resolves to %s, outside the video folder %s "
+                    "(--allow-outside-videos to read it)", bench.name, s.id, s.video, real, top)
+    bench.samples = kept
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -35,7 +35,7 @@ import av
 import numpy as np
 import webdataset as wds
 
-from aurora.data.prompt import question_and_answer
+from aurora.data.prompt import AnnotationError, check_text, question_and_answer
 from aurora.data.video import VideoDecodeError, decode_video, encode_mp4
 from aurora.io import write_json
 
@@ -45,6 +45,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MP4_EXTS = (".mp4", ".m4v")
 VERIFY = ("first", "all")
 STATS_DIR = ".convert"
+DEFAULT_MAX_VIDEO_BYTES = 8 * 2**30  # a source file past this is skipped (a symlink to /dev/zero has no end)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -189,8 +190,46 @@ def sample_key(record_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", record_id).strip("_") or "sample"
 
 
-def plan_items(records: list[Any], video_root: str | Path) -> tuple[list[Item], list[dict[str, Any]]]:
-    """(items to write, skipped records with their reason: ``bad record`` or ``missing video``)."""
+def check_record_text(value: Any, where: str = "record") -> None:
+    """Every string in a record must be valid Unicode (JSON admits lone surrogates like ``\\ud800``, which no
+    tokenizer encodes): AnnotationError naming the field otherwise."""
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, f"a key of {where}")
+            check_record_text(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_record_text(v, f"{where}[{i}]")
+
+
+def source_file(video_root: str | Path, video: str, allow_outside: bool = False,
+                max_bytes: int = DEFAULT_MAX_VIDEO_BYTES) -> tuple[str, int]:
+    """(path, size) of a record's video: resolved (symlinks followed) and refused with ``ValueError`` when it
+    leaves ``video_root`` (``../x``, an absolute path, a symlink out; unless ``allow_outside``), when it is not a
+    regular file (a FIFO would hang the reader, a device never ends) or when it is larger than ``max_bytes``.
+    ``OSError`` when it does not exist."""
+    root = Path(video_root).resolve()
+    path = Path(os.path.join(video_root, video))
+    st = os.stat(path)  # follows symlinks; FileNotFoundError for a dangling one
+    real = path.resolve()
+    if not allow_outside and not real.is_relative_to(root):
+        raise ValueError(f"{video} resolves to {real}, outside the video folder {root} (--allow-outside-videos "
+                         "to read it)")
+    import stat as stat_mod
+
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise ValueError(f"{video} is not a regular file ({real})")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{video} holds {st.st_size} bytes, over the limit of {max_bytes} (--max-video-bytes)")
+    return str(path), st.st_size
+
+
+def plan_items(records: list[Any], video_root: str | Path, allow_outside: bool = False,
+               max_bytes: int = DEFAULT_MAX_VIDEO_BYTES) -> tuple[list[Item], list[dict[str, Any]]]:
+    """(items to write, skipped records with their reason: ``bad record``, ``missing video`` or ``refused
+    video``: outside the video folder, not a regular file, or too big; see :func:`source_file`)."""
     items, skipped, seen = [], [], set()
     for index, rec in enumerate(records):
         def skip(reason: str, detail: str) -> None:
@@ -209,25 +248,40 @@ def plan_items(records: list[Any], video_root: str | Path) -> tuple[list[Item], 
             skip("bad record", "no 'video' (or 'image') path")
             continue
         try:
-            question_and_answer(rec["conversations"])
-        except (KeyError, TypeError, AttributeError) as e:
-            skip("bad record", f"conversations: {type(e).__name__}: {e}")
+            check_record_text(rec)
+            question_and_answer(rec.get("conversations"))
+        except AnnotationError as e:
+            skip("bad record", str(e))
             continue
-        path = os.path.join(video_root, video)
         try:
-            size = os.stat(path).st_size
-        except OSError as e:
-            skip("missing video", f"{type(e).__name__}: {path}")
+            path, size = source_file(video_root, video, allow_outside, max_bytes)
+        except ValueError as e:
+            skip("refused video", str(e))
+            log.warning("skipping record %d (%s): %s", index, rec.get("id"), e)
             continue
-        key = sample_key(str(rec["id"]))
-        if key in seen:
-            key = f"{key}-{index}"  # repeated ids (several questions on one video) stay separate samples
-        seen.add(key)
+        except OSError as e:
+            skip("missing video", f"{type(e).__name__}: {os.path.join(video_root, video)}")
+            continue
+        key = unique_key(sample_key(str(rec["id"])), index, seen)
         meta = {k: v for k, v in rec.items() if k not in ("video", "image")}
         meta["id"] = str(rec["id"])
         meta["source"] = video
         items.append(Item(index, key, video, path, meta, size + len(json.dumps(meta))))
     return items, skipped
+
+
+def unique_key(key: str, index: int, seen: set[str]) -> str:
+    """``key``, or when taken ``key-INDEX`` (then ``key-INDEX-2`` ...): checked against every key already taken,
+    so ids ``x``, ``x-2``, ``x`` give three keys (repeated ids, several questions on one video, stay separate
+    samples); ``seen`` gains the result."""
+    out, n = key, 1
+    if out in seen:
+        out = f"{key}-{index}"
+    while out in seen:
+        n += 1
+        out = f"{key}-{index}-{n}"
+    seen.add(out)
+    return out
 
 
 def plan_shards(items: list[Item], shard_size: int) -> list[list[Item]]:
@@ -262,6 +316,43 @@ _progress: Any = None  # a multiprocessing queue in pool workers (one put per sa
 def _init_worker(queue: Any) -> None:
     global _progress
     _progress = queue
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """End this pool worker when the converting process dies, even by SIGKILL (which runs no clean-up): on Linux
+    the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread
+    polls the parent's pid. Without it a killed conversion leaves workers writing shards for minutes."""
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="aurora-parent-watch").start()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_shard(out_dir: str, name: str, items: list[Item], digest: str, verify: str,
@@ -293,7 +384,8 @@ def write_shard(out_dir: str, name: str, items: list[Item], digest: str, verify:
             elif _progress is not None:
                 _progress.put(1)
     stats = {"shard": name, "digest": digest, "count": count, "bytes": nbytes, "videos": dict(how),
-             "categories": dict(cats), "skipped": skipped}
+             "categories": dict(cats), "skipped": skipped,
+             "file_bytes": tmp.stat().st_size, "sha256": file_sha256(tmp)}  # checked before a re-run keeps it
     stats_path = out / STATS_DIR / f"{name}.json"
     write_json(stats_path, stats, indent=None)  # stats first: a shard file that exists always has its stats
     os.replace(tmp, path)
@@ -309,7 +401,14 @@ def finished(out: Path, name: str, digest: str) -> dict[str, Any] | None:
         stats = json.loads(stats_path.read_text())
     except ValueError:
         return None
-    return stats if stats.get("digest") == digest else None
+    if not isinstance(stats, dict) or stats.get("digest") != digest:
+        return None
+    # the plan's digest says what the shard should hold; the file itself is checked (size, then checksum): a
+    # shard truncated or edited after its conversion is written again
+    if stats.get("file_bytes") != (out / name).stat().st_size or stats.get("sha256") != file_sha256(out / name):
+        log.warning("rewriting %s: it differs from the size / checksum recorded when it was written", out / name)
+        return None
+    return stats
 
 
 def convert(
@@ -322,6 +421,8 @@ def convert(
     verify: str = "first",
     shuffle_seed: int | None = None,
     progress: bool = True,
+    allow_outside: bool = False,
+    max_video_bytes: int | str = DEFAULT_MAX_VIDEO_BYTES,
 ) -> dict[str, Any]:
     """Convert one split (see the module doc); returns and writes ``manifest.json`` (other splits already in
     it are kept). ``workers`` > 1 writes shards in a process pool, one shard per task."""
@@ -336,7 +437,7 @@ def convert(
     (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
 
     records = read_annotations(annotations)
-    items, skipped = plan_items(records, video_root)
+    items, skipped = plan_items(records, video_root, allow_outside, parse_size(max_video_bytes))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(items)
     plan = plan_shards(items, size_limit)
@@ -450,11 +551,17 @@ def convert_main(argv: list[str]) -> int:
     parser.add_argument("--shuffle-seed", type=int, default=None,
                         help="shuffle the samples before sharding (default: annotation order)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-outside-videos", action="store_true",
+                        help="read video paths that resolve outside --videos (../x, absolute paths, symlinks out); "
+                             "by default such records are skipped and counted")
+    parser.add_argument("--max-video-bytes", default=str(DEFAULT_MAX_VIDEO_BYTES),
+                        help="skip source files larger than this (8GiB)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     manifest = convert(args.annotations, args.videos, args.out, split=args.split, shard_size=args.shard_size,
                        workers=args.workers, verify=args.verify, shuffle_seed=args.shuffle_seed,
-                       progress=not args.quiet)
+                       progress=not args.quiet, allow_outside=args.allow_outside_videos,
+                       max_video_bytes=args.max_video_bytes)
     entry = manifest["splits"][args.split]
     summary = {k: entry[k] for k in ("count", "records", "bytes", "videos", "skipped_counts")}
     summary["shards"] = len(entry["shards"])

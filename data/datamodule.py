@@ -20,6 +20,18 @@ from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_TOKENS = 4096  # text + visual tokens of one training sample, unless the recipe says otherwise
+
+
+def check_sizes(**sizes: Any) -> None:
+    """Refuse at start-up the sizes that would only fail (or silently do nothing) mid-run: each must be a
+    positive whole number (``None`` allowed for ``max_tokens``: no cap)."""
+    for name, value in sizes.items():
+        if value is None and name == "max_tokens":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.{name} must be a positive whole number, got {value!r}")
+
 class _PassLoader(DataLoader):
     """A DataLoader that calls ``on_iter(dataset)`` when a pass starts: the epoch and resume position are set on
     the dataset then, before the worker processes copy it."""
@@ -49,7 +61,8 @@ class AuroraDataModule(L.LightningDataModule):
         resampled, epoch_samples: draw training shards with replacement, endlessly, and end an epoch after
             ``epoch_samples`` samples per rank (see :class:`VideoQADataset`).
         max_tokens, tokens_per_frame, overlong: the token budget of a sample and what happens past it
-            (``truncate`` or ``skip``).
+            (``truncate`` or ``skip``). ``max_tokens`` defaults to DEFAULT_MAX_TOKENS (4096): without a cap one
+            1 MB question took a fit to 22 GB; ``null`` lifts it.
         seed: seeds every data shuffle, per epoch: a pass is reproducible, so a resumed run skips what it saw.
 
     Training position: the batches the training loop takes are recorded per rank and DataLoader worker
@@ -75,7 +88,7 @@ class AuroraDataModule(L.LightningDataModule):
         shuffle_shards: bool = True,
         resampled: bool = False,
         epoch_samples: int | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
         tokens_per_frame: int = 0,
         overlong: str = "truncate",
         frame_order: str = "original",
@@ -85,6 +98,7 @@ class AuroraDataModule(L.LightningDataModule):
         super().__init__()
         if data_dir is None and train_shards is None and test_shards is None:
             raise ValueError("give data_dir or train_shards / val_shards / test_shards")
+        check_sizes(num_frames=num_frames, image_size=image_size, batch_size=batch_size, max_tokens=max_tokens)
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"unknown frame_order {frame_order!r}; known: {', '.join(FRAME_ORDERS)}")
         if overlong not in OVERLONG:

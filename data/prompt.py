@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from aurora.types import IGNORE_INDEX, VIDEO_TOKEN
 
@@ -66,12 +67,42 @@ class PromptTemplate:
         return prompt + target, [IGNORE_INDEX] * len(prompt) + target
 
 
-def question_and_answer(conversations: list[dict]) -> tuple[str, str]:
+class AnnotationError(ValueError):
+    """A sample's annotation that cannot be used (wrong JSON types, missing turns, text that is not valid
+    Unicode). A ``ValueError``, so every reader that skips bad samples on ValueError skips these too."""
+
+
+def check_text(text: Any, what: str) -> str:
+    """``text`` if it is a string that encodes as UTF-8 (no lone surrogates such as ``\\ud800``, which JSON
+    allows and the tokenizer cannot encode); AnnotationError naming ``what`` otherwise."""
+    if not isinstance(text, str):
+        raise AnnotationError(f"{what} must be a string, got {type(text).__name__} {str(text)[:40]!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise AnnotationError(f"{what} is not valid Unicode ({e.reason} at character {e.start})") from None
+    return text
+
+
+def question_and_answer(conversations: Any) -> tuple[str, str]:
     """The first human question and the reply to it, from a LLaVA-style conversation; the ``<video>`` /
-    ``<image>`` markers are dropped (the template places the video)."""
+    ``<image>`` markers are dropped (the template places the video).
+
+    Annotations come from files anyone wrote: the conversation must be a list of mappings, each turn's ``from``
+    and ``value`` strings of valid Unicode; anything else raises AnnotationError (a ValueError) naming the
+    problem, so readers skip and count the sample instead of crashing on it."""
+    if not isinstance(conversations, list):
+        raise AnnotationError(f"conversations must be a list of turns, got {type(conversations).__name__}")
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise AnnotationError(f"turn {i} must be a mapping with 'from' and 'value', got {type(turn).__name__}")
     human = next((t for t in conversations if t.get("from") == "human"), None)
     gpt = next((t for t in conversations if t.get("from") == "gpt"), None)
     if human is None or gpt is None:
-        raise KeyError("conversation needs a 'human' and a 'gpt' turn")
-    question = human["value"].replace("<video>", "").replace("<image>", "").strip()
-    return question, str(gpt["value"]).strip()
+        raise AnnotationError("conversation needs a 'human' and a 'gpt' turn")
+    question = check_text(human.get("value"), "the human turn's value")
+    answer = gpt.get("value")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):  # "value": 5, a numeric answer
+        answer = str(answer)
+    answer = check_text(answer, "the gpt turn's value")
+    return question.replace("<video>", "").replace("<image>", "").strip(), answer.strip()

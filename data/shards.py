@@ -25,7 +25,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from aurora.data.prompt import PromptTemplate, Tokenizer, question_and_answer
+from aurora.data.prompt import AnnotationError, PromptTemplate, Tokenizer, check_text, question_and_answer
 from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, decode_video, to_pixels
 from aurora.types import IGNORE_INDEX
 
@@ -60,6 +60,27 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
     if not out:
         raise FileNotFoundError(f"no shards given: {spec!r}")
     return out
+
+
+def parse_annotation(data: bytes | str) -> dict[str, Any]:
+    """A sample's ``.json``: a mapping with ``conversations``, an optional string ``id`` / ``category`` and a
+    list of string ``options``; AnnotationError (a ValueError) naming what is wrong otherwise, so a sample
+    written by hand or by another tool is skipped and counted rather than crashing a reader downstream."""
+    meta = json.loads(data)
+    if not isinstance(meta, dict):
+        raise AnnotationError(f"the annotation must be a JSON object, got {type(meta).__name__}")
+    if "conversations" not in meta:
+        raise AnnotationError("the annotation has no 'conversations'")
+    for name in ("id", "category"):
+        if meta.get(name) is not None:
+            check_text(meta[name], f"'{name}'")
+    options = meta.get("options")
+    if options is not None:
+        if not isinstance(options, list):
+            raise AnnotationError(f"'options' must be a list of strings, got {type(options).__name__}")
+        for i, o in enumerate(options):
+            check_text(o, f"option {i}")
+    return meta
 
 
 class SampleError(Exception):
@@ -175,11 +196,11 @@ class VideoQADataset(IterableDataset):
             if field not in raw:
                 raise SampleError(f"missing field .{field}", key)
         try:
-            meta = json.loads(raw["json"])
+            meta = parse_annotation(raw["json"])
             question, answer = question_and_answer(meta["conversations"])
-        except (ValueError, KeyError, TypeError) as e:
+            input_ids, labels = self.template.build(self.tokenizer, question, answer)
+        except (ValueError, KeyError, TypeError) as e:  # AnnotationError, UnicodeError: ValueErrors
             raise SampleError("bad annotation", f"{type(e).__name__}: {e}") from e
-        input_ids, labels = self.template.build(self.tokenizer, question, answer)
         input_ids, labels = self.fit_to_budget(key, input_ids, labels)  # before decoding: a skip costs nothing
         try:
             frames = decode_video(raw["mp4"], self.num_frames)

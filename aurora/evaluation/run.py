@@ -14,6 +14,7 @@ after SQuAD normalisation and by token F1 (torchmetrics' SQuAD), with no LLM jud
 from __future__ import annotations
 
 import argparse
+import logging
 import hashlib
 import inspect
 import json
@@ -215,8 +216,9 @@ def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
                 segments_ignored += 1
         try:
             response = predict(s.video, prompt, **kwargs)
-        except (VideoDecodeError, FileNotFoundError) as e:
+        except (VideoDecodeError, OSError, ValueError) as e:  # ValueError: text no tokenizer encodes (\ud800)
             errors.append({"id": s.id, "video": s.video, "error": f"{type(e).__name__}: {e}"})
+            logging.getLogger(__name__).warning("skipping %s (%s): %s: %s", s.id, s.video, type(e).__name__, e)
             continue
         if not isinstance(response, str):
             raise TypeError(f"the predictor returned {type(response).__name__} for {s.id}; it must return a str")
@@ -386,6 +388,7 @@ def write_results(report: Report, out: str | Path, settings: Mapping[str, Any] |
         "extraction": report.extraction,
         "counts": {"annotations": bench.records, "with_video": len(bench.samples), "limit": report.limit,
                    "evaluated": len(report.records), "missing_videos": len(bench.missing_videos),
+                   "refused_videos": len(bench.refused_videos),
                    "unlabelled": bench.unlabelled, "decode_errors": len(report.errors),
                    "segments_ignored": report.segments_ignored},
         "annotation_files": bench.files,
@@ -395,6 +398,7 @@ def write_results(report: Report, out: str | Path, settings: Mapping[str, Any] |
         "date": now.isoformat(timespec="seconds"),
         "lmms_eval": {"results": str(results_path), "samples": sample_paths},
         "missing_videos": bench.missing_videos,
+        "refused_videos": bench.refused_videos,
         "errors": report.errors,
     }
     write_json(out / "results.json", summary, ensure_ascii=False)
@@ -496,6 +500,9 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out", required=True, help="output folder for results.json and the lmms-eval log")
+    parser.add_argument("--allow-outside-videos", action="store_true",
+                        help="read videos whose annotated path resolves outside --videos (refused and counted by "
+                             "default)")
     args = parser.parse_args(argv)
     for name in ("frames", "limit", "max_new_tokens"):
         v = getattr(args, name)
@@ -505,7 +512,7 @@ def eval_main(argv: list[str]) -> int:
     from aurora.infer.runconfig import RecipeError
 
     try:
-        bench = read_benchmark(args.benchmark, args.annotations, args.videos)
+        bench = read_benchmark(args.benchmark, args.annotations, args.videos, args.allow_outside_videos)
         print(bench.summary(), file=sys.stderr)
         predictor = AuroraPredictor(args.ckpt, args.config, args.frames, args.max_new_tokens, args.device, args.dtype)
     except (BenchmarkFormatError, CheckpointError, RecipeError, FileNotFoundError) as e:

@@ -28,7 +28,7 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
     """Answer the question of every sample of a WebDataset shard set (``KEY.mp4`` + ``KEY.json``) with the
     streaming engine; JSON lines ``{id, question, answer, prediction}`` written to ``out`` atomically. A
     sample that cannot be read (bad JSON, undecodable video) is skipped, counted by reason and logged."""
-    from aurora.data.shards import VideoQADataset
+    from aurora.data.shards import VideoQADataset, parse_annotation
 
     ds = VideoQADataset(shards, tokenizer=engine.tokenizer, template=engine.template)
     written = 0
@@ -38,14 +38,17 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
             try:
                 if "mp4" not in raw or "json" not in raw:
                     raise KeyError(f"missing field .{'mp4' if 'mp4' not in raw else 'json'}")
-                question, answer = question_and_answer(json.loads(raw["json"])["conversations"])
-            except (ValueError, KeyError, TypeError) as e:
+                question, answer = question_and_answer(parse_annotation(raw["json"])["conversations"])
+            except (ValueError, KeyError, TypeError) as e:  # AnnotationError, UnicodeError: ValueErrors
                 ds._skip("bad annotation", key, f"{type(e).__name__}: {e}")
                 continue
             try:
                 pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen)
             except VideoDecodeError as e:
                 ds._skip("undecodable video", key, str(e))
+                continue
+            except (StreamError, ValueError) as e:  # one sample the engine refused must not lose the others
+                ds._skip("unanswerable sample", key, f"{type(e).__name__}: {e}")
                 continue
             f.write(json.dumps({"id": key, "question": question, "answer": answer,
                                 "prediction": pred.text}) + "\n")

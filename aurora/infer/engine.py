@@ -48,6 +48,7 @@ from aurora.io import atomic_write
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "aurora-stream-state/1"
+STATE_DTYPES = {"float32", "float16", "bfloat16", "int64", "int32", "bool"}  # what a backbone's state holds
 
 
 class StreamError(ValueError):
@@ -121,6 +122,7 @@ class VideoState:
         tensors["logits"] = self.logits.detach().to("cpu").contiguous().clone()
         header = {"format": STATE_FORMAT, "structure": spec, "context": self.context, "frames": self.frames,
                   "positions": self.positions, "meta": self.meta}
+        header["checksum"] = state_checksum(tensors, header)
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"aurora": json.dumps(header)}))
 
     @classmethod
@@ -138,10 +140,98 @@ class VideoState:
             raise StreamError(f"cannot read state file {path} ({type(e).__name__}: {e})") from e
         if not isinstance(header, dict) or header.get("format") != STATE_FORMAT:
             raise StreamError(f"{path} is not an aurora state file (written by `aurora ask --save-state`)")
+        check_state_file(path, header, tensors)
         tensors = {k: v.to(device) for k, v in tensors.items()}
         return cls(state=unflatten_state(tensors, header["structure"]), logits=tensors["logits"],
                    context=header["context"], frames=header["frames"], positions=header["positions"],
                    meta=header["meta"])
+
+
+def state_checksum(tensors: Mapping[str, Tensor], header: Mapping[str, Any]) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) and the header (without its checksum): an edited
+    tensor (NaN, 1e4) or header field (frames 999999) no longer matches. Not a signature: it catches edits and
+    damage, and the setup check then ties the state to the model."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_state_file(path: Path, header: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+    """Every header field with its type, the checksum, the tensors' dtypes and values: one StreamError naming
+    the first problem (a state file is input like any other: it may be damaged, edited or forged)."""
+    where = f"state file {path}"
+    fields = {"structure": dict, "context": str, "frames": int, "positions": int, "meta": dict, "checksum": str}
+    for name, kind in fields.items():
+        if name not in header:
+            raise StreamError(f"{where}: the header has no {name!r}")
+        value = header[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise StreamError(f"{where}: header field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    if header["frames"] < 0 or header["positions"] < header["frames"]:
+        raise StreamError(f"{where}: {header['frames']} frames in {header['positions']} positions is impossible "
+                          "(every frame is at least one position)")
+    setup = header["meta"].get("setup")
+    if setup is not None and not (isinstance(setup, dict) and all(isinstance(k, str) for k in setup)):
+        raise StreamError(f"{where}: meta.setup must be a mapping of setting names, got {type(setup).__name__}")
+    if "logits" not in tensors:
+        raise StreamError(f"{where}: it holds no 'logits' tensor")
+    if state_checksum(tensors, header) != header["checksum"]:
+        raise StreamError(f"{where}: the checksum does not match its tensors and header (edited or damaged)")
+    for name, t in tensors.items():
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in STATE_DTYPES:
+            raise StreamError(f"{where}: tensor {name!r} is {dtype}; a state holds {', '.join(sorted(STATE_DTYPES))}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise StreamError(f"{where}: tensor {name!r} holds NaN or infinite values")
+    try:
+        _check_structure(header["structure"], tensors)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise StreamError(f"{where}: malformed structure ({type(e).__name__}: {e})") from None
+
+
+def _check_structure(spec: Any, tensors: Mapping[str, Tensor]) -> None:
+    kind = spec["t"]
+    if kind == "tensor":
+        if not isinstance(spec["k"], str) or spec["k"] not in tensors:
+            raise StreamError(f"state file lacks tensor {spec['k']!r}")
+    elif kind in ("list", "tuple"):
+        for v in spec["v"]:
+            _check_structure(v, tensors)
+    elif kind == "dict":
+        for v in spec["v"].values():
+            _check_structure(v, tensors)
+    elif kind != "value":
+        raise StreamError(f"unknown entry {kind!r} in a state file's structure")
+
+
+def same_layout(saved: Any, fresh: Any, where: str = "state", longer: Any = None) -> None:
+    """A loaded state must have the structure, shapes and dtypes of the state this engine makes (``fresh``, after
+    one token; ``longer``, after two, tells which dimensions grow with the text read, as a KV cache does: those
+    may have any size): StreamError naming the first difference."""
+    if isinstance(fresh, Tensor):
+        if not isinstance(saved, Tensor):
+            raise StreamError(f"{where}: a tensor expected, the file has {type(saved).__name__}")
+        free = ({i for i, (a, b) in enumerate(zip(fresh.shape, longer.shape)) if a != b}
+                if isinstance(longer, Tensor) and longer.dim() == fresh.dim() else set())
+        fits = saved.dim() == fresh.dim() and all(i in free or a == b for i, (a, b) in enumerate(zip(saved.shape, fresh.shape)))
+        if not fits or saved.dtype != fresh.dtype:
+            raise StreamError(f"{where}: {saved.dtype} {tuple(saved.shape)} in the file, this model makes "
+                              f"{fresh.dtype} {tuple(fresh.shape)}")
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            raise StreamError(f"{where}: {len(fresh)} entries expected")
+        for i, (a, b) in enumerate(zip(saved, fresh)):
+            same_layout(a, b, f"{where}.{i}", longer[i] if isinstance(longer, (list, tuple)) else None)
+    elif isinstance(fresh, Mapping):
+        if not isinstance(saved, Mapping) or set(saved) != set(fresh):
+            raise StreamError(f"{where}: keys {sorted(fresh)} expected")
+        for k in fresh:
+            same_layout(saved[k], fresh[k], f"{where}.{k}", longer.get(k) if isinstance(longer, Mapping) else None)
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -323,6 +413,10 @@ class StreamEngine:
             if "model" in diff:
                 detail = "the model's weights differ" + (f"; {detail}" if detail else "")
             raise StreamError(f"the state was computed with another setup: {detail}")
+        last, fresh = self.read_ids([self.tokenizer.eos_id])  # one token: the layout this model's state has
+        _, longer = self.read_ids([self.tokenizer.eos_id] * 2)
+        same_layout(vs.state, fresh, longer=longer)
+        same_layout(vs.logits, self.rnn.logits(last).reshape(1, -1), "logits")
 
     # -- answering -----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -230,8 +230,15 @@ def convert_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         spec = convert(args.backbone, args.src, args.out, fmt=args.format, dtype=args.dtype)
-    except (ValueError, FileNotFoundError) as e:  # ConvertError, or an unreadable checkpoint (named by _hf)
-        print(f"aurora convert: error: {e}", file=sys.stderr)
+    except Exception as e:
+        # ConvertError; an unreadable checkpoint (named by _hf); a pickle weights_only refuses (UnpicklingError),
+        # a truncated zip (RuntimeError) or file (EOFError), random bytes (IndexError / KeyError from the
+        # unpickler): everything here comes from the source file, so one line; the traceback with AURORA_DEBUG=1
+        if os.environ.get("AURORA_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"aurora convert: error: {type(e).__name__}: {first} (reading {args.src}; AURORA_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
         return 2
     out = Path(args.out)
     print(f"wrote {out} and {out.with_suffix('.json')}")

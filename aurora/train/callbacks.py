@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,7 +10,9 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from aurora.io import atomic_open, atomic_write
+from aurora.io import atomic_open, atomic_write, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,7 +31,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # left by a process killed while writing (``.NAME.PID.tmp``; older runs wrote ``.NAME.tmpPID``)
         for stale in path.parent.glob(f".{path.name}.*tmp*"):
             stale.unlink(missing_ok=True)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+        if path.parent.is_dir():  # and those of other checkpoint names, once their writer is gone
+            remove_stale_temporaries(path.parent)
+        try:
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+        except (RuntimeError, OSError) as e:
+            raise disk_full_error(e, path) from e
+
+
+def disk_full_error(e: BaseException, path: Path) -> BaseException:
+    """``e`` as "no space left on device" naming ``path`` when the disk is full (torch.save says only
+    ``basic_ios::clear: iostream error``); other errors unchanged."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or (free is not None and free < 2**20):
+        return OSError(errno.ENOSPC, f"no space left on device while writing checkpoint {path} "
+                                     f"({'unknown' if free is None else free} bytes free)")
+    return e
+
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Every checkpoint, local or remote, is read weights-only, whatever the caller asks: Lightning reads
+        URLs with ``weights_only=False`` by default, so ``--ckpt_path http://...`` holding a pickle would run
+        its code. A file that is not a readable checkpoint raises CheckpointError naming it (a clear one-line
+        error on the command line, not a traceback)."""
+        from aurora.checkpoint import CheckpointError
+
+        if weights_only is False:
+            log.warning("checkpoint %s: weights_only=False asked for; aurora reads every checkpoint weights-only", path)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # UnpicklingError (a pickle weights_only refuses), zip / EOF errors, HTTP errors
+            raise CheckpointError(f"cannot read checkpoint {path} weights-only ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

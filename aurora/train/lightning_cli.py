@@ -34,9 +34,84 @@ class RunConfig(SaveConfigCallback):
                 logger.experiment.log_artifact(logger.run_id, str(path))
 
 
-class AuroraCLI(LightningCLI):
+ARCHITECTURE = ("vision", "merge", "projector", "rnn", "lora")  # model arguments that decide the weights' shapes
+
+
+class SafeCheckpoints:
+    """LightningCLI behaviour for ``--ckpt_path`` (mixed into both of our CLIs).
+
+    * Every subcommand's checkpoint is read weights-only (``weights_only=True`` passed to fit / validate / test /
+      predict, on top of :class:`~aurora.train.callbacks.AtomicCheckpointIO` forcing it): a checkpoint, local or
+      remote, never runs code, whatever ``trainer.plugins`` a recipe sets.
+    * Lightning replaces the recipe's model section with the checkpoint's hyperparameters, so a checkpoint of
+      another architecture would train silently with its sizes: an architecture argument that differs between the
+      recipe and the checkpoint is an error naming the keys. A checkpoint that cannot be read is a
+      CheckpointError naming the file.
+    """
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        kwargs["weights_only"] = True
+        return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            import torch
+
+            from aurora.checkpoint import CheckpointError
+
+            try:
+                ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            except Exception as e:
+                raise CheckpointError(f"cannot read --ckpt_path {ckpt_path} weights-only ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else ''})") from e
+            if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+                raise CheckpointError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint: no 'state_dict'")
+            hparams = ckpt.get("hyper_parameters") or {}
+            diff = architecture_diff(_plain(self.config[sub].get("model")), hparams)
+            if diff:
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path} holds another architecture than the recipe: " + "; ".join(diff)
+                    + " (give the recipe the checkpoint was trained with, or use model.init_from with init_parts)")
+        super()._parse_ckpt_path()
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse Namespace (and what it holds) as plain dicts and lists, for comparison."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def architecture_diff(recipe: Any, hparams: dict[str, Any], keys: tuple[str, ...] = ARCHITECTURE) -> list[str]:
+    """``part.arg: recipe X vs checkpoint Y`` for every architecture argument that differs (a missing entry counts:
+    a checkpoint without ``lora`` differs from a recipe with it)."""
+    recipe = recipe if isinstance(recipe, dict) else {}
+    out: list[str] = []
+
+    def walk(name: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(f"{name}.{k}", a.get(k), b.get(k))
+        elif _plain(a) != _plain(b):
+            out.append(f"{name}: recipe {a!r} vs checkpoint {b!r}")
+
+    for key in keys:
+        if key in hparams or key in recipe:
+            walk(key, recipe.get(key), _plain(hparams.get(key)))
+    return out
+
+
+class AuroraCLI(SafeCheckpoints, LightningCLI):
     """LightningCLI over :class:`AuroraModule` and :class:`AuroraDataModule` with our defaults: MLflow in a local
-    sqlite store, and a config.yaml per run that a re-run may overwrite."""
+    sqlite store, a config.yaml per run that a re-run may overwrite, and weights-only checkpoints
+    (:class:`SafeCheckpoints`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(AuroraModule, AuroraDataModule, *args, **with_defaults(kwargs, "aurora"))
@@ -60,7 +135,7 @@ def with_defaults(kwargs: dict[str, Any], experiment: str) -> dict[str, Any]:
     return kwargs
 
 
-class VisionStageCLI(LightningCLI):
+class VisionStageCLI(SafeCheckpoints, LightningCLI):
     """LightningCLI over :class:`aurora.train.vision_stage.VisionStage` and any LightningDataModule of labelled images
     (``data: {class_path: aurora.data.frames.SyntheticFrameData, ...}``), with :class:`AuroraCLI`'s defaults."""
 
@@ -73,13 +148,32 @@ class VisionStageCLI(LightningCLI):
         super().__init__(VisionStage, L.LightningDataModule, *args, **with_defaults(kwargs, "aurora-vision"))
 
 
+def clear_errors(command: str, run) -> int:
+    """Run ``run()``; bad input (a checkpoint that cannot be read or does not fit, an unknown part name, a wrong
+    value or a missing file) is one line on stderr and exit code 2, not a traceback. ``AURORA_DEBUG=1`` re-raises
+    it, traceback and all."""
+    import os
+    import sys
+
+    from aurora.checkpoint import CheckpointError
+
+    try:
+        run()
+    except (CheckpointError, KeyError, ValueError, TypeError, FileNotFoundError, OSError) as e:
+        if os.environ.get("AURORA_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"aurora {command}: error: {type(e).__name__}: {msg} (AURORA_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
 def fit_main(argv: list[str]) -> int:
     """``aurora fit|validate|test|predict ...``: the Lightning subcommands over the video model."""
-    AuroraCLI(args=argv)
-    return 0
+    return clear_errors(argv[0] if argv else "fit", lambda: AuroraCLI(args=argv))
 
 
 def pretrain_vision_main(argv: list[str]) -> int:
     """``aurora pretrain-vision --config ...``: the demo's vision stage (the encoder on labelled frames)."""
-    VisionStageCLI(args=["fit", *argv])
-    return 0
+    return clear_errors("pretrain-vision", lambda: VisionStageCLI(args=["fit", *argv]))

@@ -99,7 +99,7 @@ def test_prompt_masks_everything_but_the_answer():
 def test_question_and_answer_from_llava_conversation():
     conv = [{"from": "human", "value": "<video>\nWhat is it?"}, {"from": "gpt", "value": "a cat"}]
     assert question_and_answer(conv) == ("What is it?", "a cat")
-    with pytest.raises(KeyError, match="'gpt'"):
+    with pytest.raises(ValueError, match="'gpt'"):
         question_and_answer(conv[:1])
 
 

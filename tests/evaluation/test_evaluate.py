@@ -320,7 +320,7 @@ def test_results_json_and_lmms_eval_log(videos, tmp_path):
                             gen_kwargs={"max_new_tokens": 8})
     ours = json.loads((tmp_path / "results.json").read_text())
     assert ours == json.loads(json.dumps(summary))
-    assert ours["counts"] == {"annotations": 5, "with_video": 4, "limit": None, "evaluated": 4, "missing_videos": 1,
+    assert ours["counts"] == {"annotations": 5, "with_video": 4, "limit": None, "evaluated": 4, "missing_videos": 1, "refused_videos": 0,
                               "unlabelled": 0, "decode_errors": 0, "segments_ignored": 0}
     assert ours["metrics"]["accuracy"] == 0.5 and ours["missing_videos"][0]["id"] == "fine_grained_action/1"
     assert not list(tmp_path.rglob("*.tmp"))
