@@ -397,3 +397,72 @@ def full_decode(source: VideoSource, num_frames: int | None = None) -> Tensor:
     if num_frames is not None:
         frames = [frames[min(len(frames) - 1, int((i + 0.5) * len(frames) / num_frames))] for i in range(num_frames)]
     return torch.from_numpy(np.stack(frames))
+
+
+# ------------------------------------------------------------------------------------------------ peers
+BACKENDS = ("aurora", "full", "decord2", "torchcodec")
+
+
+def backend_unavailable(name: str) -> str | None:
+    """Why ``name`` cannot run here (None: it can). ``aurora`` (this module) and ``full`` always can."""
+    if name not in BACKENDS:
+        return f"unknown backend {name!r}; known: {', '.join(BACKENDS)}"
+    module = {"decord2": "decord", "torchcodec": "torchcodec.decoders"}.get(name)
+    if module is None:
+        return None
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # not installed, or its FFmpeg libraries / torch build do not match
+        return f"{name} not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
+               f"pip install 'aurora-long[peers]'" + (" and apt-get install ffmpeg" if name == "torchcodec" else "")
+    return None
+
+
+def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
+              short_side: int | None = None) -> Tensor:
+    """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
+    ``aurora`` (:class:`FrameReader`), ``full`` (:func:`full_decode`, the old reader), or the peers ``decord2`` /
+    ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them)."""
+    reason = backend_unavailable(backend)
+    if reason:
+        raise RuntimeError(reason)
+    if backend == "aurora":
+        return read_frames(source, num_frames=num_frames, fps=fps, short_side=short_side)[0]
+    if backend == "full":
+        frames = full_decode(source)
+        times = np.arange(len(frames)) / (probe_fps(source) or 1.0)
+        idx = choose_indices(times, 0.0, num_frames, fps)
+        return frames[idx]
+    if backend == "decord2":
+        import decord
+
+        probe = decord.VideoReader(str(source), num_threads=0)
+        h, w = probe[0].shape[:2] if len(probe) else (0, 0)
+        sh, sw = scaled_size(h, w, short_side)
+        vr = probe if (sh, sw) == (h, w) else decord.VideoReader(str(source), width=sw, height=sh, num_threads=0)
+        times = np.arange(len(vr)) / (vr.get_avg_fps() or 1.0)
+        idx = choose_indices(times, 0.0, num_frames, fps)
+        return torch.from_numpy(vr.get_batch(idx).asnumpy())
+    from torchcodec.decoders import VideoDecoder
+
+    dec = VideoDecoder(str(source), seek_mode="exact", dimension_order="NHWC")
+    meta = dec.metadata
+    times = np.arange(meta.num_frames) / (meta.average_fps or 1.0)
+    idx = choose_indices(times, 0.0, num_frames, fps)
+    frames = dec.get_frames_at(indices=idx).data
+    if short_side is not None and min(frames.shape[1:3]) > short_side:
+        sh, sw = scaled_size(frames.shape[1], frames.shape[2], short_side)
+        frames = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(sh, sw),
+                                                 mode="bilinear", antialias=True).round().clamp(0, 255)
+        frames = frames.to(torch.uint8).permute(0, 2, 3, 1)
+    return frames
+
+
+def probe_fps(source: VideoSource) -> float:
+    container = _open(source)
+    try:
+        return float(container.streams.video[0].average_rate or 0.0)
+    finally:
+        container.close()
