@@ -182,3 +182,52 @@ def test_paths(tmp_path):
     p.write_bytes(make_video(n=10))
     with FrameReader(p) as r:
         assert r.read([9]).shape == (1, 48, 64, 3)
+
+
+# ------------------------------------------------------------------------------------------------ training reader
+
+
+def write_samples(path, samples):
+    import json
+
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as w:
+        for key, video, meta in samples:
+            meta = {"id": key, "conversations": [{"from": "human", "value": "<video>\nwhat?"},
+                                                  {"from": "gpt", "value": "a"}], **meta}
+            w.write({"__key__": key, "mp4": video, "json": json.dumps(meta).encode()})
+
+
+def test_training_reader_samples_by_fps_window_and_skips_over_limit_videos(tmp_path, caplog):
+    from aurora.data.shards import VideoQADataset
+
+    small = make_video(n=50, w=64, h=48, gop=250)  # 2 s at 25 fps
+    big = make_video(n=4, w=160, h=128, gop=2)
+    long = make_video(n=120, w=64, h=48, gop=250)
+    write_samples(tmp_path / "s.tar", [("ok", small, {}), ("window", small, {"start": 1.0, "end": 2.0}),
+                                       ("big", big, {}), ("long", long, {}),
+                                       ("badwin", small, {"start": "soon"})])
+    ds = VideoQADataset(str(tmp_path / "s.tar"), image_size=32, fps=2.0, max_frames=3,
+                        max_pixels=64 * 48, max_video_frames=100)
+    with caplog.at_level("WARNING"):
+        got = {s["id"]: s for s in ds}
+    assert sorted(got) == ["ok", "window"]
+    assert got["ok"]["pixels"].shape == (3, 3, 32, 32)  # 4 frames at 2 fps, capped at max_frames 3
+    assert got["window"]["pixels"].shape == (2, 3, 32, 32)  # 1 s at 2 fps
+    assert ds.skipped == {"video over limits": 2, "bad annotation": 1}
+    assert "big" in caplog.text and "max_pixels" in caplog.text and "long" in caplog.text
+    uniform = VideoQADataset(str(tmp_path / "s.tar"), num_frames=4, image_size=32, max_pixels=None)
+    shapes = {s["id"]: tuple(s["pixels"].shape) for s in uniform}
+    assert shapes["big"] == (4, 3, 32, 32) and uniform.skipped == {"bad annotation": 1}
+    with pytest.raises(ValueError, match="needs max_frames"):
+        VideoQADataset(str(tmp_path / "s.tar"), fps=1.0)
+
+
+def test_datamodule_refuses_fps_with_batches():
+    from aurora.data.datamodule import AuroraDataModule
+
+    with pytest.raises(ValueError, match="batch_size 1"):
+        AuroraDataModule(train_shards="x", fps=1.0, max_frames=8, batch_size=2)
+    with pytest.raises(ValueError, match="max_pixels"):
+        AuroraDataModule(train_shards="x", max_pixels=0)
