@@ -285,12 +285,22 @@ class FrameReader:
             self._seek_key(back)
 
     def read(self, indices: Sequence[int]) -> Tensor:
-        """uint8 (F, H, W, 3) frames at ``indices`` (any order, repeats allowed), each decoded once."""
+        """uint8 (F, H, W, 3) frames at ``indices`` (any order, repeats allowed), each decoded once and written
+        straight into the output (no second copy of the frames kept)."""
         if not len(indices):
             raise ValueError("no frame indices to read")
-        order = sorted(set(int(i) for i in indices))
-        got = dict(self.iter_frames(order))
-        return torch.from_numpy(np.stack([got[int(i)] for i in indices]))
+        where: dict[int, list[int]] = {}
+        for pos, i in enumerate(indices):
+            where.setdefault(int(i), []).append(pos)
+        out: np.ndarray | None = None
+        for i, array in self.iter_frames(sorted(where)):
+            if out is None:
+                out = np.empty((len(indices), *array.shape), dtype=array.dtype)
+            if array.shape != out.shape[1:]:
+                raise VideoDecodeError(f"frame {i} is {array.shape[1]}x{array.shape[0]}, the first frame read "
+                                       f"{out.shape[2]}x{out.shape[1]}: frame size changes mid-video")
+            out[where[i]] = array
+        return torch.from_numpy(out)
 
     def iter_chunks(self, indices: Iterable[int], chunk_frames: int) -> Iterator[Tensor]:
         """The frames at ``indices`` (ascending, repeats allowed; any iterable) as uint8 (k, H, W, 3) chunks of
