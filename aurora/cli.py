@@ -40,6 +40,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "rnn": Command("aurora.tools.bench_rnn:bench_rnn_main", "tokens/s, step latency and memory of the backbones"),
         "memory": Command("aurora.tools.bench_memory:bench_memory_main", "streaming inference memory vs frames read"),
         "vision": Command("aurora.tools.bench_vision:bench_vision_main", "ViT frames/s and tokens per frame vs merge"),
+        "decode": Command("aurora.tools.bench_decode:bench_decode_main", "seconds and memory to sample frames of long videos"),
     },
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),

@@ -36,7 +36,8 @@ import numpy as np
 import webdataset as wds
 
 from aurora.data.prompt import AnnotationError, check_text, question_and_answer
-from aurora.data.video import VideoDecodeError, decode_video, encode_mp4
+from aurora.data.reader import FrameReader
+from aurora.data.video import VideoDecodeError, encode_mp4
 from aurora.io import write_json
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def transcode_mp4(data: bytes, crf: int = 18) -> bytes:
 
 def image_to_mp4(data: bytes) -> bytes:
     """A one-frame H.264 mp4 of an image (decoded by PyAV; odd sizes lose their last row/column)."""
-    frame = decode_video(data).numpy()
+    with FrameReader(data) as reader:  # the first frame only (an animated image: its first)
+        frame = reader.read([0]).numpy()
     h, w = frame.shape[1] // 2 * 2, frame.shape[2] // 2 * 2
     if h == 0 or w == 0:
         raise VideoDecodeError(f"image too small for H.264: {frame.shape[1]}x{frame.shape[2]}")

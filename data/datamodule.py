@@ -14,7 +14,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from aurora.data.prompt import PromptTemplate, Tokenizer
-from aurora.data.shards import FRAME_ORDERS, OVERLONG, VideoQADataset, collate, expand_shards
+from aurora.data.reader import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
+from aurora.data.shards import FRAME_ORDERS, OVERLONG, VideoQADataset, check_sampling, collate, expand_shards
 from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,11 @@ class AuroraDataModule(L.LightningDataModule):
             ``pipe:`` command, or a list of these) win over it.
         synthetic: when given and ``data_dir`` holds no dataset yet, the synthetic dataset is written there first
             with these arguments (``train``, ``val``, ``test``, ``frames``, ``size``, ``seed``).
-        num_frames: frames sampled uniformly from every video; image_size, mean, std: the vision encoder's input.
+        num_frames: frames sampled uniformly from every video; or ``fps`` frames a second, at most
+            ``max_frames`` (each video then has its own frame count: batch_size 1). An annotation's ``start`` /
+            ``end`` seconds narrow sampling to that window. image_size, mean, std: the vision encoder's input.
+        max_pixels, max_video_frames: a video whose frames hold more pixels, or which has more frames, is skipped
+            and counted (``skipped/video over limits``): what one sample may cost is bounded whatever the file.
         frame_order: ``original``, ``shuffled`` or ``reversed`` frames for evaluation (the motion ablation).
         template: the prompt template's fields (sandwich prompting by default).
         shuffle_buffer, shuffle_shards: training sample shuffle buffer (per worker) and per-epoch shard order.
@@ -94,8 +99,16 @@ class AuroraDataModule(L.LightningDataModule):
         frame_order: str = "original",
         template: dict[str, str] | None = None,
         seed: int = 0,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_video_frames: int | None = DEFAULT_MAX_FRAMES,
     ) -> None:
         super().__init__()
+        check_sampling(num_frames, fps, max_frames, max_pixels, max_video_frames)
+        if fps is not None and max(batch_size, eval_batch_size or batch_size) > 1:
+            raise ValueError("fps sampling gives every video its own frame count: use batch_size 1 (and "
+                             "eval_batch_size 1), or num_frames")
         if data_dir is None and train_shards is None and test_shards is None:
             raise ValueError("give data_dir or train_shards / val_shards / test_shards")
         check_sizes(num_frames=num_frames, image_size=image_size, batch_size=batch_size, max_tokens=max_tokens)
@@ -111,6 +124,8 @@ class AuroraDataModule(L.LightningDataModule):
         self.shuffle_shards, self.resampled, self.epoch_samples = shuffle_shards, resampled, epoch_samples
         self.length = {"max_tokens": max_tokens, "tokens_per_frame": tokens_per_frame, "overlong": overlong}
         self.frame_order = frame_order
+        self.sampling = {"fps": fps, "max_frames": max_frames, "max_pixels": max_pixels,
+                         "max_video_frames": max_video_frames}
         self.template = PromptTemplate(**(template or {}))
         self.tokenizer = Tokenizer()
         # the training position of this rank: the epoch, and per worker (raw samples read, samples yielded)
@@ -178,7 +193,7 @@ class AuroraDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer if train else 0, seed=self.seed,
             shuffle_shards=self.shuffle_shards and train, resampled=self.resampled and train,
             epoch_samples=self.epoch_samples if train else None, rank=rank, world_size=world,
-            track_position=train, **self.length,
+            track_position=train, **self.length, **self.sampling,
         )
 
     def _loader(self, ds: VideoQADataset, batch_size: int) -> DataLoader:

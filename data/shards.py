@@ -26,7 +26,8 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from aurora.data.prompt import AnnotationError, PromptTemplate, Tokenizer, check_text, question_and_answer
-from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, decode_video, to_pixels
+from aurora.data.reader import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, FrameReader, VideoTooLarge
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, to_pixels
 from aurora.types import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,22 @@ def parse_annotation(data: bytes | str) -> dict[str, Any]:
     return meta
 
 
+def check_sampling(num_frames: int | None, fps: float | None, max_frames: int | None, max_pixels: int | None,
+                   max_video_frames: int | None) -> None:
+    """Refuse sampling options that cannot work at start-up, not at the first sample."""
+    if fps is not None:
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if max_frames is None:
+            raise ValueError("fps sampling needs max_frames (it bounds a sample's frames, memory and tokens)")
+    elif num_frames is None or num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1 (or give fps and max_frames), got {num_frames}")
+    for name, value in (("max_frames", max_frames), ("max_pixels", max_pixels),
+                        ("max_video_frames", max_video_frames)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 (or null: no limit), got {value}")
+
+
 class SampleError(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -111,6 +128,13 @@ class VideoQADataset(IterableDataset):
     ``truncated`` (the answer's tail is cut; counted in ``dataset.truncated``) or ``skip``-ped (counted in
     ``dataset.skipped``); one whose prompt alone exceeds the budget is always skipped.
 
+    Frames: ``num_frames`` spread uniformly over the video, or ``fps`` frames a second (at most ``max_frames``,
+    which then also counts in the token budget); an annotation's ``start`` / ``end`` (seconds) narrows either
+    to that window. Videos are read by keyframe seek (:class:`~aurora.data.reader.FrameReader`), resized to
+    ``image_size`` on the short side inside FFmpeg. ``max_pixels`` (per frame) and ``max_video_frames``
+    (frames considered) bound what one sample may cost whatever the file claims or holds: a video past them is
+    skipped and counted as ``video over limits``.
+
     Position: ``epoch`` seeds the pass; ``start`` maps a worker id to (raw samples read, samples yielded) to
     skip on resume. With ``track_position`` every sample carries ``_pos`` = (worker, raw samples read,
     samples yielded) so the consumer can record how far each worker got.
@@ -137,6 +161,10 @@ class VideoQADataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         track_position: bool = False,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_video_frames: int | None = DEFAULT_MAX_FRAMES,
     ) -> None:
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"unknown frame_order {frame_order!r}; known: {', '.join(FRAME_ORDERS)}")
@@ -148,6 +176,7 @@ class VideoQADataset(IterableDataset):
             raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
         if (rank is None) != (world_size is None) or (rank is not None and not 0 <= rank < world_size):
             raise ValueError(f"give rank and world_size together with 0 <= rank < world_size, got {rank}, {world_size}")
+        check_sampling(num_frames, fps, max_frames, max_pixels, max_video_frames)
         self.urls = expand_shards(shards)
         self.num_frames, self.image_size, self.mean, self.std = num_frames, image_size, tuple(mean), tuple(std)
         self.tokenizer = tokenizer or Tokenizer()
@@ -156,6 +185,8 @@ class VideoQADataset(IterableDataset):
         self.shuffle_shards, self.resampled, self.epoch_samples = shuffle_shards, resampled, epoch_samples
         self.max_tokens, self.tokens_per_frame, self.overlong = max_tokens, tokens_per_frame, overlong
         self.rank, self.world_size, self.track_position = rank, world_size, track_position
+        self.fps, self.max_frames = fps, max_frames
+        self.max_pixels, self.max_video_frames = max_pixels, max_video_frames
         self.epoch = 0
         self.start: dict[int, tuple[int, int]] = {}
         self.skipped: Counter = Counter()
@@ -175,7 +206,7 @@ class VideoQADataset(IterableDataset):
 
     def fit_to_budget(self, key: str, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Apply ``max_tokens`` (see the class doc): the ids unchanged, truncated, or SampleError."""
-        visual = self.num_frames * self.tokens_per_frame
+        visual = (self.max_frames if self.fps is not None else self.num_frames) * self.tokens_per_frame
         total = len(input_ids) - 1 + visual  # the placeholder becomes the visual tokens
         if self.max_tokens is None or total <= self.max_tokens:
             return input_ids, labels
@@ -202,10 +233,7 @@ class VideoQADataset(IterableDataset):
         except (ValueError, KeyError, TypeError) as e:  # AnnotationError, UnicodeError: ValueErrors
             raise SampleError("bad annotation", f"{type(e).__name__}: {e}") from e
         input_ids, labels = self.fit_to_budget(key, input_ids, labels)  # before decoding: a skip costs nothing
-        try:
-            frames = decode_video(raw["mp4"], self.num_frames)
-        except VideoDecodeError as e:
-            raise SampleError("undecodable video", str(e)) from e
+        frames = self.read_frames(raw["mp4"], meta)
         if self.frame_order == "reversed":
             frames = frames.flip(0)
         elif self.frame_order == "shuffled":
@@ -222,6 +250,23 @@ class VideoQADataset(IterableDataset):
             "category": meta.get("category", "all"),
             "options": meta.get("options"),
         }
+
+    def read_frames(self, data: bytes, meta: dict[str, Any]) -> torch.Tensor:
+        """The sample's frames, uint8 (F, H, W, 3), by the sampling options (see the class doc)."""
+        window = {k: meta.get(k) for k in ("start", "end")}
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in window.values()):
+            raise SampleError("bad annotation", f"start / end must be seconds, got {window}")
+        try:
+            with FrameReader(data, short_side=self.image_size, max_pixels=self.max_pixels,
+                             max_frames=self.max_video_frames) as reader:
+                num = None if self.fps is not None else self.num_frames
+                return reader.read(reader.indices(num, self.fps, self.max_frames, **window))
+        except VideoTooLarge as e:
+            raise SampleError("video over limits", str(e)) from e
+        except (VideoDecodeError, IndexError) as e:
+            raise SampleError("undecodable video", str(e)) from e
+        except ValueError as e:  # a time window the video does not hold
+            raise SampleError("bad annotation", str(e)) from e
 
     # -- which samples this worker reads -------------------------------------------------------------------
     def worker_info(self) -> tuple[int, int, int, int]:

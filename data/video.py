@@ -1,12 +1,10 @@
-"""Video in and out: H.264 encoding in memory, decoding with uniform frame sampling (PyAV), frame transforms."""
+"""Video in and out: H.264 encoding in memory, frame sampling and reading (through :mod:`aurora.data.reader`, which
+decodes only the GOPs that hold the frames kept), frame transforms."""
 from __future__ import annotations
 
 import io
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -14,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aurora.data.reader import FrameReader, VideoDecodeError, VideoInfo, VideoSource, VideoTooLarge
+
+__all__ = ["DEFAULT_MEAN", "DEFAULT_STD", "FrameReader", "VideoDecodeError", "VideoInfo", "VideoSource",
+           "VideoTooLarge", "UniformIndices", "decode_video", "encode_mp4", "iter_frame_chunks", "probe_video",
+           "sample_indices", "to_pixels", "uniform_indices"]
 log = logging.getLogger(__name__)
 # the preprocessing default everywhere (datamodule, streaming engine, evaluation, viz): SigLIP's normalisation
 DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
-
-
-class VideoDecodeError(ValueError):
-    """A video that cannot be decoded: corrupt, truncated, empty, or not a video."""
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 12) -> bytes:
@@ -49,23 +48,13 @@ def uniform_indices(total: int, num: int) -> list[int]:
     return [min(total - 1, int((i + 0.5) * total / num)) for i in range(num)]
 
 
-def decode_video(data: bytes, num_frames: int | None = None) -> Tensor:
-    """.mp4 (or any container PyAV reads) bytes -> uint8 (F, H, W, 3), ``num_frames`` sampled uniformly
-    (all frames when None). Raises :class:`VideoDecodeError` for anything undecodable."""
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise VideoDecodeError("no video stream")
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # PyAV raises a zoo of FFmpeg errors (InvalidData, EOF, ...) for broken input
-        raise VideoDecodeError(f"cannot decode video ({type(e).__name__}: {e})") from e
-    if not frames:
-        raise VideoDecodeError("video has no decodable frames")
-    if num_frames is not None:
-        frames = [frames[i] for i in uniform_indices(len(frames), num_frames)]
-    return torch.from_numpy(np.stack(frames))
+def decode_video(data: VideoSource, num_frames: int | None = None, short_side: int | None = None) -> Tensor:
+    """A video (bytes or path) -> uint8 (F, H, W, 3), ``num_frames`` sampled uniformly (all frames when None),
+    read by :class:`~aurora.data.reader.FrameReader` (only the GOPs holding the sampled frames are decoded).
+    Raises :class:`VideoDecodeError` for anything undecodable."""
+    with FrameReader(data, short_side=short_side) as reader:
+        indices = range(len(reader)) if num_frames is None else uniform_indices(len(reader), num_frames)
+        return reader.read(indices)
 
 
 def to_pixels(
@@ -95,67 +84,11 @@ def to_pixels(
 # ------------------------------------------------------------------------------------ streaming (long videos)
 
 
-@dataclass
-class VideoInfo:
-    """What a streaming reader needs to know before decoding: the frame count, rate, duration and frame size."""
-
-    frames: int
-    fps: float  # average frame rate (0.0 when the container does not say)
-    duration: float  # seconds (frames / fps when the container does not say)
-    width: int
-    height: int
-
-
-VideoSource = Union[str, os.PathLike, bytes]
-
-
-def _open_video(source: VideoSource):
-    """A PyAV container for a path or in-memory bytes; a missing file is a FileNotFoundError naming it."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        target = io.BytesIO(bytes(source))
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"video not found: {path}")
-        if not path.is_file():
-            raise VideoDecodeError(f"video path is not a file: {path}")
-        target = str(path)
-    try:
-        container = av.open(target, mode="r")
-    except Exception as e:  # FFmpeg's InvalidDataError and friends
-        raise VideoDecodeError(f"cannot open video ({type(e).__name__}: {e})") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError("no video stream")
-    return container
-
-
 def probe_video(source: VideoSource) -> VideoInfo:
-    """Frame count, rate, duration and size from the container's headers, without decoding a frame. The count
-    comes from the header when it has one, else from demuxing the packets (reads the file once, no decoding)."""
-    container = _open_video(source)
-    try:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 0.0)
-        frames = int(stream.frames or 0)
-        if frames <= 0:
-            frames = sum(1 for p in container.demux(stream) if p.size)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = frames / fps if fps else 0.0
-        width, height = stream.codec_context.width, stream.codec_context.height
-    except VideoDecodeError:
-        raise
-    except Exception as e:
-        raise VideoDecodeError(f"cannot read video headers ({type(e).__name__}: {e})") from e
-    finally:
-        container.close()
-    if frames <= 0:
-        raise VideoDecodeError("video has no frames")
-    return VideoInfo(frames=frames, fps=fps, duration=duration, width=width, height=height)
+    """Frame count, rate, duration and size without decoding a frame: the count is that of the packets the
+    demuxer finds (a header's count may be stale), the times are their timestamps."""
+    with FrameReader(source) as reader:
+        return reader.info
 
 
 class UniformIndices(Sequence[int]):
@@ -200,65 +133,33 @@ def sample_indices(info: VideoInfo, num_frames: int | None = None, fps: float | 
     return UniformIndices(info.frames, num_frames)
 
 
-def iter_frame_chunks(source: VideoSource, indices: Iterable[int], chunk_frames: int) -> Iterator[Tensor]:
-    """Decode ``source`` front to back (no seeking) and yield the frames at ``indices`` (ascending, repeats
-    allowed; any iterable, e.g. :class:`UniformIndices`) as uint8 (k, H, W, 3) chunks of at most ``chunk_frames``:
-    at most one chunk of frames is ever held, and nothing grows with the video's length.
+def iter_frame_chunks(source: VideoSource | FrameReader, indices: Iterable[int], chunk_frames: int,
+                      short_side: int | None = None) -> Iterator[Tensor]:
+    """The frames at ``indices`` (ascending, repeats allowed; any iterable, e.g. :class:`UniformIndices`) as
+    uint8 (k, H, W, 3) chunks of at most ``chunk_frames``, read by keyframe seek
+    (:class:`~aurora.data.reader.FrameReader`): at most one chunk of frames is ever held, and nothing grows
+    with the video's length. ``source`` may be an open reader (it stays open).
 
-    A video that ends before its header's frame count (a stale or estimated header) repeats its last decoded
-    frame for the missing indices, with a warning; a decode error mid-way is a :class:`VideoDecodeError`."""
+    Indices past the frames the video holds (sampled from a stale header) repeat its last frame, with a
+    warning; a decode error is a :class:`VideoDecodeError`."""
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    wanted = iter(indices)
-    nxt = next(wanted, None)
-    if nxt is None:
-        return
-    pending: list[np.ndarray] = []
-
-    def advance(prev: int) -> int | None:
-        i = next(wanted, None)
-        if i is not None and i < prev:
-            raise ValueError(f"frame indices must be ascending (the video is read front to back): {i} after {prev}")
-        return i
-
-    container = _open_video(source)
-    seen, last = 0, None
+    own = not isinstance(source, FrameReader)
+    reader = FrameReader(source, short_side=short_side) if own else source
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                seen, last = i + 1, frame
-                if nxt == i:
-                    array = frame.to_ndarray(format="rgb24")
-                    while nxt == i:
-                        pending.append(array)
-                        if len(pending) == chunk_frames:
-                            yield torch.from_numpy(np.stack(pending))
-                            pending = []
-                        nxt = advance(i)
-                if nxt is None:
-                    break
-        except av.FFmpegError as e:  # a corrupt or truncated file (some of these are ValueErrors too)
-            raise VideoDecodeError(f"cannot decode video at frame {seen} ({type(e).__name__}: {e})") from e
-        except (ValueError, GeneratorExit):  # indices out of order; the consumer closed the generator
-            raise
-        except Exception as e:  # anything else FFmpeg / PyAV raises mid-stream
-            raise VideoDecodeError(f"cannot decode video at frame {seen} ({type(e).__name__}: {e})") from e
+        last, past = len(reader) - 1, 0
+
+        def clipped() -> Iterator[int]:
+            nonlocal past
+            for i in indices:
+                if i > last:
+                    past += 1
+                yield min(int(i), last)
+
+        yield from reader.iter_chunks(clipped(), chunk_frames)
+        if past:
+            log.warning("video has %d frames (fewer than the sampled indices assumed): repeated the last frame "
+                        "%d times", last + 1, past)
     finally:
-        container.close()
-    if seen == 0:
-        raise VideoDecodeError("video has no decodable frames")
-    if nxt is not None:
-        array, missing = last.to_ndarray(format="rgb24"), 0
-        while nxt is not None:
-            missing += 1
-            pending.append(array)
-            if len(pending) == chunk_frames:
-                yield torch.from_numpy(np.stack(pending))
-                pending = []
-            nxt = advance(nxt)
-        log.warning("video ended after %d frames (its header said more): repeated the last frame %d times",
-                    seen, missing)
-    if pending:
-        yield torch.from_numpy(np.stack(pending))
+        if own:
+            reader.close()

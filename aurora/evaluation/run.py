@@ -35,8 +35,8 @@ from torch import Tensor
 
 from aurora.data.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Benchmark, BenchmarkFormatError, Sample,
                                     Segment, read_benchmark)
-from aurora.data.video import (DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, iter_frame_chunks, probe_video, to_pixels,
-                               uniform_indices)
+from aurora.data.reader import FrameReader
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, to_pixels, uniform_indices
 from aurora.io import atomic_write_text, write_json
 from aurora.evaluation.options import Choice, extract_choice
 
@@ -48,21 +48,29 @@ INVALID = len(LETTERS)  # the class of a multiple-choice response that names no 
 # ------------------------------------------------------------------------------------------------ frames
 
 
-def sample_frames(video: str | Path, num_frames: int, segment: Segment | None = None) -> Tensor:
-    """``num_frames`` frames of a video file or a folder of frames, uniform over the whole video or over
-    ``segment``, as uint8 (F, H, W, 3). A file is read front to back keeping only the chosen frames
-    (:func:`~aurora.data.video.iter_frame_chunks`), so an hour-long video costs no more memory than a short one;
-    the indices are :func:`uniform_indices`, as in training. Raises FileNotFoundError or
+def sample_frames(video: str | Path, num_frames: int | None = None, segment: Segment | None = None,
+                  fps: float | None = None, max_frames: int | None = None, short_side: int | None = None) -> Tensor:
+    """Frames of a video file or a folder of frames as uint8 (F, H, W, 3): ``num_frames`` uniform over the whole
+    video or over ``segment`` (the indices are :func:`uniform_indices`, as in training), or ``fps`` frames a
+    second (at most ``max_frames``; the paper evaluates at 1 fps). A file is read by keyframe seek
+    (:class:`~aurora.data.reader.FrameReader`), decoding only the GOPs that hold the chosen frames, resized to
+    ``short_side`` inside FFmpeg: a 2-hour video costs the frames kept. Raises FileNotFoundError or
     :class:`VideoDecodeError` naming the video."""
-    if num_frames < 1:
+    if fps is None and (num_frames is None or num_frames < 1):
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     path = Path(video)
     if path.is_dir():
+        if fps is not None:
+            num_frames = max_frames or 8  # a frame folder has no timing: spread max_frames
         return _sample_frame_folder(path, num_frames, segment)
     try:
-        info = probe_video(path)
-        idx = _segment_indices(info.frames, num_frames, segment, info.fps)
-        return torch.cat(list(iter_frame_chunks(path, idx, len(idx))))
+        with FrameReader(path, short_side=short_side) as reader:
+            if fps is not None:
+                window = (segment.start, segment.end) if segment is not None else (None, None)
+                idx = reader.indices(fps=fps, max_frames=max_frames, start=window[0], end=window[1])
+            else:
+                idx = _segment_indices(len(reader), num_frames, segment, reader.info.fps)
+            return reader.read(idx)
     except VideoDecodeError as e:
         raise VideoDecodeError(f"{path}: {e}") from e
 
@@ -427,7 +435,8 @@ class AuroraPredictor:
     """
 
     def __init__(self, ckpt: str | Path, config: str | None = None, frames: int | None = None,
-                 max_new_tokens: int | None = None, device: str = "cpu", dtype: str = "float32") -> None:
+                 max_new_tokens: int | None = None, device: str = "cpu", dtype: str = "float32",
+                 fps: float | None = None, max_frames: int | None = None) -> None:
         from aurora.model import load_model
         from aurora.data.prompt import PromptTemplate, Tokenizer
         from aurora.infer.runconfig import find_run_config, load_recipe, section
@@ -437,6 +446,8 @@ class AuroraPredictor:
         recipe_path = config or find_run_config(ckpt)
         data = section(load_recipe(recipe_path), "data") if recipe_path else {}
         self.num_frames = int(frames or data.get("num_frames") or 8)
+        self.fps = fps if fps is not None else (None if frames else data.get("fps"))
+        self.max_frames = max_frames or data.get("max_frames") or (self.num_frames if self.fps else None)
         self.image_size = int(data.get("image_size") or self.model.vision.config.image_size)
         self.mean = tuple(data.get("mean") or DEFAULT_MEAN)
         self.std = tuple(data.get("std") or DEFAULT_STD)
@@ -452,13 +463,14 @@ class AuroraPredictor:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"ckpt": self.ckpt, "recipe": self.recipe, "frames": self.num_frames, "image_size": self.image_size,
+        return {"ckpt": self.ckpt, "recipe": self.recipe, "frames": self.num_frames, "fps": self.fps,
+                "max_frames": self.max_frames, "image_size": self.image_size,
                 "max_new_tokens": self.max_new_tokens, "device": str(self.device), "dtype": str(self.dtype),
                 "template": {"before": self.template.before, "after": self.template.after}}
 
     @torch.no_grad()
     def __call__(self, video_path: str, prompt_text: str, segment: Segment | None = None) -> str:
-        frames = sample_frames(video_path, self.num_frames, segment)
+        frames = sample_frames(video_path, self.num_frames, segment, self.fps, self.max_frames, self.image_size)
         pixels = to_pixels(frames, self.image_size, self.mean, self.std)[None].to(self.device, self.dtype)
         ids = torch.tensor([self.template.build_prompt(self.tokenizer, prompt_text)], device=self.device)
         out = self.model.generate(pixels, ids, max_new_tokens=self.max_new_tokens, stop_ids=self.stop,
@@ -495,6 +507,10 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--ckpt", required=True, help="an Aurora Lightning checkpoint (e.g. runs/x/checkpoints/last.ckpt)")
     parser.add_argument("--config", default=None, help="recipe (default: the config.yaml the training run wrote)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the recipe's)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frames per second instead of --frames (default: the recipe's data.fps, if any)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="with --fps: at most this many frames (default: the recipe's data.max_frames)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first K questions")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (default: the model's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -504,7 +520,9 @@ def eval_main(argv: list[str]) -> int:
                         help="read videos whose annotated path resolves outside --videos (refused and counted by "
                              "default)")
     args = parser.parse_args(argv)
-    for name in ("frames", "limit", "max_new_tokens"):
+    if args.fps is not None and (args.frames is not None or not args.fps > 0):
+        parser.error("--fps must be > 0 and replaces --frames (give one of them)")
+    for name in ("frames", "limit", "max_new_tokens", "max_frames"):
         v = getattr(args, name)
         if v is not None and v < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -514,7 +532,8 @@ def eval_main(argv: list[str]) -> int:
     try:
         bench = read_benchmark(args.benchmark, args.annotations, args.videos, args.allow_outside_videos)
         print(bench.summary(), file=sys.stderr)
-        predictor = AuroraPredictor(args.ckpt, args.config, args.frames, args.max_new_tokens, args.device, args.dtype)
+        predictor = AuroraPredictor(args.ckpt, args.config, args.frames, args.max_new_tokens, args.device, args.dtype,
+                                    fps=args.fps, max_frames=args.max_frames)
     except (BenchmarkFormatError, CheckpointError, RecipeError, FileNotFoundError) as e:
         print(f"aurora eval: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

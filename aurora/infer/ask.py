@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 
 def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str | os.PathLike,
                    frames: int | None = None, fps: float | None = None, gen: Generation | None = None,
-                   limit: int | None = None) -> dict[str, Any]:
+                   limit: int | None = None, max_frames: int | None = None) -> dict[str, Any]:
     """Answer the question of every sample of a WebDataset shard set (``KEY.mp4`` + ``KEY.json``) with the
     streaming engine; JSON lines ``{id, question, answer, prediction}`` written to ``out`` atomically. A
-    sample that cannot be read (bad JSON, undecodable video) is skipped, counted by reason and logged."""
+    sample that cannot be read (bad JSON, undecodable video) is skipped, counted by reason and logged. An
+    annotation's ``start`` / ``end`` seconds narrow the frames read to that window."""
     from aurora.data.shards import VideoQADataset, parse_annotation
 
     ds = VideoQADataset(shards, tokenizer=engine.tokenizer, template=engine.template)
@@ -38,12 +39,18 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
             try:
                 if "mp4" not in raw or "json" not in raw:
                     raise KeyError(f"missing field .{'mp4' if 'mp4' not in raw else 'json'}")
-                question, answer = question_and_answer(parse_annotation(raw["json"])["conversations"])
+                meta = parse_annotation(raw["json"])
+                question, answer = question_and_answer(meta["conversations"])
+                window = {k: meta.get(k) for k in ("start", "end")}
+                if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
+                       for v in window.values()):
+                    raise TypeError(f"start / end must be seconds, got {window}")
             except (ValueError, KeyError, TypeError) as e:  # AnnotationError, UnicodeError: ValueErrors
                 ds._skip("bad annotation", key, f"{type(e).__name__}: {e}")
                 continue
             try:
-                pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen)
+                pred = engine.ask(raw["mp4"], question, frames=frames, fps=fps, gen=gen, max_frames=max_frames,
+                                  **window)
             except VideoDecodeError as e:
                 ds._skip("undecodable video", key, str(e))
                 continue
@@ -78,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--fps", type=float, default=None, help="frames per second of video to read")
     when.add_argument("--frames", type=int, default=None, help="frames spread uniformly over the video")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="with --fps: at most this many frames (spread uniformly when the video is longer)")
+    p.add_argument("--start", type=float, default=None, help="read the video from this second on")
+    p.add_argument("--end", type=float, default=None, help="read the video up to this second")
     p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded, encoded and read per step")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length limit (default: the checkpoint's max_new_tokens, else 64)")
@@ -117,6 +128,10 @@ def ask_main(argv: list[str]) -> int:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     if args.fps is not None and args.fps <= 0:
         parser.error(f"--fps must be > 0, got {args.fps}")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        parser.error(f"--end ({args.end}) must be after --start ({args.start})")
     if args.chunk_frames < 1:
         parser.error(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
     from aurora.checkpoint import CheckpointError
@@ -143,7 +158,7 @@ def ask_main(argv: list[str]) -> int:
               f"{engine.device}", file=sys.stderr)
         t0 = time.perf_counter()
         if args.shards:
-            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit)
+            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit, args.max_frames)
             print(json.dumps(summary))
             return 0
         if args.load_state:
@@ -152,7 +167,7 @@ def ask_main(argv: list[str]) -> int:
                 raise StreamError(f"the state was read with the context {vs.context!r}, not {args.context!r}")
         else:
             vs = engine.read_video(args.video, args.question if args.context is None else args.context,
-                                   frames, fps)
+                                   frames, fps, max_frames=args.max_frames, start=args.start, end=args.end)
             if args.save_state:
                 print(f"state written to {engine.save_state(vs, args.save_state)}", file=sys.stderr)
         ans = engine.answer(vs, args.question, gen)

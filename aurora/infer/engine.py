@@ -42,8 +42,9 @@ import torch
 from torch import Tensor
 
 from aurora.data.prompt import PromptTemplate, Tokenizer
-from aurora.data.video import (DEFAULT_MEAN, DEFAULT_STD, VideoSource, iter_frame_chunks, probe_video,
-                               sample_indices, to_pixels)
+from aurora.data.reader import FrameReader
+from aurora.data.video import (DEFAULT_MEAN, DEFAULT_STD, VideoSource, iter_frame_chunks, sample_indices,
+                               to_pixels)
 from aurora.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -371,32 +372,45 @@ class StreamEngine:
                               f"read must be multiples of {vt.row_frames}")
         return video
 
-    def frame_indices(self, source: VideoSource, frames: int | None = None, fps: float | None = None) -> Sequence[int]:
-        """The sampled frame indices (a lazy sequence: nothing per frame is held)."""
-        return sample_indices(probe_video(source), num_frames=frames, fps=fps)
+    def frame_indices(self, source: VideoSource | FrameReader, frames: int | None = None, fps: float | None = None,
+                      max_frames: int | None = None, start: float | None = None,
+                      end: float | None = None) -> Sequence[int]:
+        """The sampled frame indices: ``frames`` uniform over the video (a lazy sequence, the training reader's
+        indices), or ``fps`` frames a second (at most ``max_frames``), optionally inside ``[start, end)``
+        seconds (see :func:`~aurora.data.reader.choose_indices`)."""
+        if isinstance(source, FrameReader):
+            if fps is None and max_frames is None and start is None and end is None:
+                return sample_indices(source.info, num_frames=frames)
+            return source.indices(frames, fps, max_frames, start, end)
+        with FrameReader(source) as reader:
+            return self.frame_indices(reader, frames, fps, max_frames, start, end)
 
     @torch.no_grad()
     def read_video(self, source: VideoSource, context: str, frames: int | None = None, fps: float | None = None,
-                   name: str | None = None) -> VideoState:
-        """``before(context)`` then the video's sampled frames, chunk by chunk: the state after the video."""
-        indices = self.frame_indices(source, frames, fps)
-        prefix = self.tokenizer.encode(self.template.before.format(question=context))
-        last, state = self.read_ids(prefix)
-        positions = len(prefix)
-        from tqdm.auto import tqdm
+                   name: str | None = None, max_frames: int | None = None, start: float | None = None,
+                   end: float | None = None) -> VideoState:
+        """``before(context)`` then the video's sampled frames, chunk by chunk: the state after the video. The
+        video is read by keyframe seek and resized to ``image_size`` inside FFmpeg
+        (:class:`~aurora.data.reader.FrameReader`): its cost is the frames kept, not its length."""
+        with FrameReader(source, short_side=self.image_size) as reader:
+            indices = self.frame_indices(reader, frames, fps, max_frames, start, end)
+            prefix = self.tokenizer.encode(self.template.before.format(question=context))
+            last, state = self.read_ids(prefix)
+            positions = len(prefix)
+            from tqdm.auto import tqdm
 
-        with tqdm(total=len(indices), unit="frame", desc="reading video", disable=not self.progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
-            for chunk in iter_frame_chunks(source, indices, self.chunk_frames):
-                video = self.encode_chunk(chunk)
-                hidden, state = self.rnn(video.to(self.dtype), state)  # as AuroraModel.splice casts it
-                last, positions = hidden[:, -1].clone(), positions + video.shape[1]
-                bar.update(chunk.shape[0])
-                del video, hidden, chunk  # nothing of a chunk outlives it but the state
+            with tqdm(total=len(indices), unit="frame", desc="reading video", disable=not self.progress,
+                      file=sys.stderr, dynamic_ncols=True) as bar:
+                for chunk in iter_frame_chunks(reader, indices, self.chunk_frames):
+                    video = self.encode_chunk(chunk)
+                    hidden, state = self.rnn(video.to(self.dtype), state)  # as AuroraModel.splice casts it
+                    last, positions = hidden[:, -1].clone(), positions + video.shape[1]
+                    bar.update(chunk.shape[0])
+                    del video, hidden, chunk  # nothing of a chunk outlives it but the state
         logits = self.rnn.logits(last)
         meta = {"video": name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>"),
                 "indices": len(indices), "first_frame": indices[0], "last_frame": indices[-1],
-                "sampling": {"frames": frames, "fps": fps}}
+                "sampling": {"frames": frames, "fps": fps, "max_frames": max_frames, "start": start, "end": end}}
         return VideoState(state=state, logits=logits, context=context, frames=len(indices), positions=positions,
                           meta=meta)
 
@@ -463,9 +477,11 @@ class StreamEngine:
         return Answer(text=text.strip(), tokens=tokens, finish=finish, scores=scores if keep_scores else None)
 
     def ask(self, source: VideoSource, question: str, frames: int | None = None, fps: float | None = None,
-            gen: Generation | None = None, context: str | None = None, keep_scores: bool = False) -> Answer:
+            gen: Generation | None = None, context: str | None = None, keep_scores: bool = False,
+            max_frames: int | None = None, start: float | None = None, end: float | None = None) -> Answer:
         """One question about one video, read from scratch: the trained prompt when ``context`` is None."""
-        vs = self.read_video(source, question if context is None else context, frames, fps)
+        vs = self.read_video(source, question if context is None else context, frames, fps,
+                             max_frames=max_frames, start=start, end=end)
         return self.answer(vs, question, gen, keep_scores)
 
     def save_state(self, vs: VideoState, path: str | os.PathLike) -> Path:

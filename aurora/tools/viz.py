@@ -23,7 +23,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, decode_video, to_pixels, uniform_indices
+from aurora.data.reader import FrameReader
+from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoDecodeError, to_pixels, uniform_indices
 from aurora.infer.runconfig import RecipeError, load_recipe, section
 from aurora.io import save_figure
 
@@ -73,12 +74,12 @@ def decode_frames(video: str | os.PathLike, num_frames: int) -> tuple[Tensor, li
         raise FileNotFoundError(f"video not found: {path}")
     if not path.is_file():
         raise VizError(f"video path is not a file: {path}")
-    try:
-        frames = decode_video(path.read_bytes())  # all frames, so the sampled indices can be shown
+    try:  # keyframe seek: only the GOPs holding the sampled frames are decoded
+        with FrameReader(path) as reader:
+            idx = uniform_indices(len(reader), num_frames)
+            return reader.read(idx), idx, len(reader)
     except VideoDecodeError as e:
         raise VideoDecodeError(f"{path}: {e}") from e
-    idx = uniform_indices(len(frames), num_frames)
-    return frames[idx], idx, len(frames)
 
 
 # ------------------------------------------------------------------------------------------------ the map

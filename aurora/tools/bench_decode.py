@@ -1,0 +1,192 @@
+"""``aurora bench decode``: seconds and peak memory to sample frames from long videos, for the project's reader
+(:class:`aurora.data.reader.FrameReader`: keyframe seek, resize in FFmpeg), the full decode it replaced
+(every frame to RGB, then sample), and the peers ``decord2`` / ``torchcodec`` where installed.
+
+The videos are generated once (H.264, GOP 250, B-frames, moving content) into ``--cache``; each point (video x
+sampling x backend) runs in a fresh process, so peak RSS is that point's alone (reported as the process's
+high-water mark and as the growth over its resident size before reading). The full decode holds every frame:
+points whose frames would exceed ``--full-limit`` are skipped with that reason instead of swapping the machine.
+
+    aurora bench decode --json decode.json --plot decode.png
+    aurora bench decode --heights 360 --minutes 1 --json decode.json   # a reduced grid
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from aurora.tools.measure import ru_maxrss_bytes, rss_bytes, write_outputs
+
+TAG = "BENCH_DECODE "
+SAMPLINGS = ("8", "64", "256", "1fps")
+FPS = 30
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def make_video(path: Path, height: int, minutes: float, fps: int = FPS, log=print) -> Path:
+    """An H.264 mp4 (GOP 250, 2 B-frames, yuv420p) of ``minutes`` of moving gradients, written once."""
+    import av
+    import numpy as np
+
+    if path.exists():
+        return path
+    width = height * 16 // 9 // 2 * 2
+    n = int(minutes * 60 * fps)
+    log(f"writing {path.name}: {n} frames of {width}x{height} ...")
+    tmp = path.with_suffix(".tmp.mp4")
+    y, x = np.mgrid[0:height, 0:width]
+    base = ((x + y) % 256).astype(np.uint8)
+    with av.open(str(tmp), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "superfast", "crf": "28",
+                     "x264-params": "keyint=250:min-keyint=250:bframes=2:b-adapt=0:scenecut=0"}
+        for i in range(n):
+            frame = np.empty((height, width, 3), np.uint8)
+            frame[..., 0] = np.roll(base, i * 3, axis=1)
+            frame[..., 1] = (i * 2) % 256
+            frame[..., 2] = np.roll(base, i, axis=0)
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, fps)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    tmp.replace(path)
+    return path
+
+
+def _worker(spec: dict[str, Any]) -> None:
+    from aurora.data.reader import read_with
+
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    sampling = spec["sampling"]
+    kwargs = {"fps": 1.0} if sampling == "1fps" else {"num_frames": int(sampling)}
+    frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"), **kwargs)
+    seconds = time.perf_counter() - t0
+    peak = ru_maxrss_bytes()
+    print(TAG + json.dumps({"seconds": seconds, "peak_rss": peak, "rss_before": before,
+                            "peak_growth": max(0, peak - before), "frames": int(frames.shape[0]),
+                            "shape": list(frames.shape[1:])}), flush=True)
+
+
+def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    cmd = [sys.executable, "-m", "aurora.tools.bench_decode", "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    except subprocess.TimeoutExpired:
+        return None, f"timed out: over --max-seconds {timeout:g} s"
+    for line in proc.stdout.splitlines():
+        if line.startswith(TAG):
+            return json.loads(line[len(TAG):]), None
+    if proc.returncode == -9:
+        return None, "killed (SIGKILL: out of memory?)"
+    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return None, f"error (exit {proc.returncode}): {tail[-1] if tail else 'no message'}"
+
+
+def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
+    from aurora.data.reader import backend_unavailable
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for height in args.heights:
+        for minutes in args.minutes:
+            video = make_video(cache / f"bench_{height}p_{minutes:g}min.mp4", height, minutes, log=log)
+            frames = int(minutes * 60 * FPS)
+            width = height * 16 // 9 // 2 * 2
+            for sampling in args.samplings:
+                for backend in args.backends:
+                    rec = {"height": height, "minutes": minutes, "sampling": sampling, "backend": backend,
+                           "video_frames": frames}
+                    reason = backend_unavailable(backend)
+                    held = frames * width * height * 3
+                    if reason is None and backend == "full" and held > args.full_limit * 2**30:
+                        reason = f"would hold {held / 2**30:.1f} GiB of RGB frames (over --full-limit {args.full_limit:g} GiB)"
+                    if reason is None:
+                        spec = {"video": str(video), "sampling": sampling, "backend": backend,
+                                "short_side": args.short_side}
+                        result, reason = _run_point(spec, args.max_seconds)
+                        rec.update(result or {})
+                    if reason:
+                        rec["skipped"] = reason
+                        log(f"{height}p {minutes:g} min {sampling:>5} {backend:>10}: skipped ({reason})")
+                    else:
+                        log(f"{height}p {minutes:g} min {sampling:>5} {backend:>10}: {rec['seconds']:8.2f} s, "
+                            f"peak RSS {rec['peak_rss'] / 2**20:7.0f} MiB (+{rec['peak_growth'] / 2**20:.0f} MiB "
+                            f"reading), {rec['frames']} frames {rec['shape']}")
+                    records.append(rec)
+    return records
+
+
+def write_plot(records: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in records if "seconds" in r]
+    videos = sorted({(r["height"], r["minutes"]) for r in done})
+    fig, axes = plt.subplots(2, max(1, len(videos)), figsize=(4.5 * max(1, len(videos)), 7), squeeze=False)
+    for col, (h, m) in enumerate(videos):
+        for backend in sorted({r["backend"] for r in done}):
+            pts = [r for r in done if (r["height"], r["minutes"], r["backend"]) == (h, m, backend)]
+            labels = [r["sampling"] for r in pts]
+            axes[0][col].plot(labels, [r["seconds"] for r in pts], "o-", label=backend)
+            axes[1][col].plot(labels, [r["peak_rss"] / 2**20 for r in pts], "o-", label=backend)
+        axes[0][col].set_title(f"{h}p, {m:g} min")
+        axes[0][col].set_yscale("log")
+        axes[0][col].set_ylabel("seconds")
+        axes[1][col].set_yscale("log")
+        axes[1][col].set_ylabel("peak RSS (MiB)")
+        axes[1][col].set_xlabel("frames sampled")
+        axes[0][col].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bench_decode_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="aurora bench decode", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heights", type=_ints, default=[360, 720], help="video heights (16:9), comma-separated")
+    p.add_argument("--minutes", type=lambda t: [float(x) for x in t.split(",") if x], default=[1.0, 10.0, 60.0])
+    p.add_argument("--samplings", type=lambda t: [x for x in t.split(",") if x], default=list(SAMPLINGS),
+                   help="frame counts and/or '1fps', comma-separated")
+    p.add_argument("--backends", type=lambda t: [x for x in t.split(",") if x],
+                   default=["aurora", "full", "decord2", "torchcodec"])
+    p.add_argument("--short-side", type=int, default=None, help="resize to this short side (e.g. 384)")
+    p.add_argument("--full-limit", type=float, default=8.0, help="GiB of RGB the full decode may hold")
+    p.add_argument("--max-seconds", type=float, default=900.0, help="per point")
+    p.add_argument("--cache", default=".bench_decode", help="where the generated videos are kept")
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return 0
+    bad = [s for s in args.samplings if s != "1fps" and not (s.isdigit() and int(s) > 0)]
+    if bad:
+        p.error(f"--samplings takes frame counts or 1fps, got {bad}")
+    records = run_bench(args)
+    payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker",)}, "records": records}
+    write_outputs(args, payload, records, write_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_decode_main(sys.argv[1:]))

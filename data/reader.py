@@ -1,0 +1,477 @@
+"""The frame reader every path uses (training, ``aurora ask``, ``aurora eval``, ``aurora viz merge``, ``aurora data
+convert``): reading a video costs the frames we keep, not the video's length.
+
+How: the file is demuxed once without decoding (packets only) to learn every frame's presentation timestamp and
+which packets are keyframes. Frame ``i`` is the ``i``-th smallest timestamp: exactly the ``i``-th frame a full
+front-to-back decode gives, B-frames, variable frame rates, start offsets and edit lists included (packets an
+edit list discards are left out, as the decoder drops their frames). For each run of wanted frames the reader
+seeks to the keyframe at or before the first one and decodes forward, so wanted frames in one GOP cost one pass
+and the GOPs between them are never decoded. Frames are recognised by their timestamp, so an imprecise seek in
+some container can cost time, never a wrong frame.
+
+Each kept frame is resized inside FFmpeg's scaler to the encoder's short side in the same call that converts it
+to RGB (``frame.reformat``), so a 4K frame never exists as a full-size RGB array; decoding threads are on. Memory
+is the frames kept plus two small arrays per frame of the video (timestamps: 16 bytes a frame).
+
+Limits bound memory and time per video whatever the file claims or holds: ``max_pixels`` (the frame size in the
+header, and every decoded frame) and ``max_frames`` (frames considered: the demux stops past it). Over a limit is
+a :class:`VideoTooLarge`, which the training reader counts as its own skip reason.
+
+Peers behind the same interface (:func:`open_reader`, ``backend=``): ``decord2`` and ``torchcodec`` when
+installed (neither is in the default install), for the benchmark and for users who have them.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import av
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+VideoSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+# defaults of the training reader's limits: DCI 4K frames, and 500,000 frames (2.3 hours at 60 fps)
+DEFAULT_MAX_PIXELS = 4096 * 2160
+DEFAULT_MAX_FRAMES = 500_000
+
+
+class VideoDecodeError(ValueError):
+    """A video that cannot be decoded: corrupt, truncated, empty, or not a video."""
+
+
+class VideoTooLarge(VideoDecodeError):
+    """A video over the reader's limits (``max_pixels`` per frame, ``max_frames`` considered)."""
+
+
+@dataclass
+class VideoInfo:
+    """What a reader knows before decoding: the frame count, rate, duration and frame size (as stored; the
+    frames returned are rotated upright when ``rotation`` is non-zero)."""
+
+    frames: int
+    fps: float  # average frame rate (0.0 when the video has no timing)
+    duration: float  # seconds (frames / fps when the container does not say)
+    width: int
+    height: int
+    rotation: int = 0  # degrees (counter-clockwise) of the display matrix, known once a frame is decoded
+
+
+def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) with the short side brought down to ``short_side`` by the rule of
+    :func:`~aurora.data.video.to_pixels` (never enlarged: the encoder's own resize does that)."""
+    if short_side is None or min(height, width) <= short_side:
+        return height, width
+    scale = short_side / min(height, width)
+    return max(short_side, round(height * scale)), max(short_side, round(width * scale))
+
+
+def _open(source: VideoSource):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        target: Any = io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"video not found: {path}")
+        if not path.is_file():  # a folder, FIFO or device: never read (a FIFO would hang)
+            raise VideoDecodeError(f"video path is not a regular file: {path}")
+        target = str(path)
+    try:
+        container = av.open(target, mode="r")
+    except Exception as e:  # FFmpeg's InvalidDataError and friends
+        raise VideoDecodeError(f"cannot open video ({type(e).__name__}: {e})") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError("no video stream (audio only or not a video)")
+    return container
+
+
+class FrameReader:
+    """Frame-accurate random access to one video (see the module docstring).
+
+    Args:
+        source: a path or the file's bytes.
+        short_side: resize kept frames (inside FFmpeg, before RGB) so their short side is at most this.
+        threads: decoding threads (0: FFmpeg chooses).
+        max_pixels, max_frames: the limits (None: none); over them is :class:`VideoTooLarge`.
+        rotate: turn frames upright by the file's rotation metadata (multiples of 90 degrees).
+    """
+
+    def __init__(self, source: VideoSource, short_side: int | None = None, threads: int = 0,
+                 max_pixels: int | None = None, max_frames: int | None = None, rotate: bool = True) -> None:
+        if short_side is not None and short_side < 1:
+            raise ValueError(f"short_side must be >= 1, got {short_side}")
+        self.short_side, self.rotate = short_side, rotate
+        self.max_pixels, self.max_frames = max_pixels, max_frames
+        self._container = _open(source)
+        try:
+            self._stream = stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = threads
+            width, height = stream.codec_context.width, stream.codec_context.height
+            self._check_pixels(width, height, "header")
+            self._index(stream)
+            self.info = self._make_info(stream, width, height, 0)
+        except BaseException:
+            self._container.close()
+            raise
+        self._frames: Iterator[Any] | None = None  # the decoder's output from the current position
+        self._last = -1  # index of the last frame taken from ``_frames``
+        self.decoded = self.seeks = 0  # frames the decoder produced, seeks made: what a read cost
+
+    # -- the index -----------------------------------------------------------------------------------------
+    def _check_pixels(self, width: int, height: int, where: str) -> None:
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise VideoTooLarge(f"frames of {width}x{height} ({where}) exceed max_pixels {self.max_pixels}")
+
+    def _index(self, stream) -> None:
+        """Presentation timestamps of every frame (sorted) and the keyframes' seek targets, from one demux."""
+        pts: list[int] = []
+        keys: list[tuple[int, int]] = []  # (pts, seek timestamp) of each keyframe: FFmpeg's seek (mov, matroska)
+        # lands on the keyframe at or before a presentation timestamp; the dts would land a GOP early
+        no_pts = 0
+        try:
+            for packet in self._container.demux(stream):
+                if not packet.size or packet.is_discard:  # the flush packet; frames an edit list drops
+                    continue
+                if packet.pts is None:
+                    no_pts += 1
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append((packet.pts, packet.pts))
+                if self.max_frames is not None and len(pts) > self.max_frames:
+                    raise VideoTooLarge(f"video has more than max_frames {self.max_frames} frames")
+        except VideoTooLarge:
+            raise
+        except Exception as e:  # a truncated or corrupt tail: the frames demuxed so far are the video
+            log.warning("video demux stopped after %d packets (%s: %s)", len(pts), type(e).__name__, e)
+        if no_pts:
+            raise VideoDecodeError(f"{no_pts} packets have no timestamps: random access impossible "
+                                   f"(remux or re-encode the file, e.g. with aurora data convert)")
+        if not pts:
+            raise VideoDecodeError("video has no frames")
+        self._pts = np.asarray(pts, dtype=np.int64)
+        self._pts.sort()
+        if len(np.unique(self._pts)) != len(self._pts):
+            raise VideoDecodeError("frames with duplicate timestamps: random access impossible")
+        keys.sort()
+        # keyframe i covers frames from index key_index[i]; seek to key_seek[i]
+        self._key_index = np.searchsorted(self._pts, np.asarray([k for k, _ in keys], dtype=np.int64))
+        self._key_seek = np.asarray([s for _, s in keys], dtype=np.int64)
+        if not len(keys) or self._key_index[0] != 0:  # frames before the first keyframe: start from the top
+            self._key_index = np.concatenate([[0], self._key_index])
+            self._key_seek = np.concatenate([[np.iinfo(np.int64).min], self._key_seek])
+        tb = stream.time_base
+        self._time_base = float(tb) if tb else 0.0
+
+    def _make_info(self, stream, width: int, height: int, rotation: int) -> VideoInfo:
+        n = len(self._pts)
+        times = self.times
+        span = float(times[-1]) if n > 1 else 0.0
+        fps = float(stream.average_rate or 0.0)
+        if fps <= 0 and span > 0:
+            fps = (n - 1) / span
+        duration = span + (span / (n - 1) if n > 1 and span > 0 else (1.0 / fps if fps else 0.0))
+        return VideoInfo(frames=n, fps=fps, duration=duration, width=width, height=height, rotation=rotation % 360)
+
+    @property
+    def times(self) -> np.ndarray:
+        """Each frame's presentation time in seconds from the first frame (float64, ascending)."""
+        return (self._pts - self._pts[0]) * self._time_base
+
+    def __len__(self) -> int:
+        return len(self._pts)
+
+    # -- sampling ------------------------------------------------------------------------------------------
+    def indices(self, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
+                start: float | None = None, end: float | None = None) -> list[int]:
+        """Frame indices (ascending) for a sampling rule; see :func:`choose_indices`."""
+        return choose_indices(self.times, self.info.fps, num_frames, fps, max_frames, start, end)
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    def _to_array(self, frame) -> np.ndarray:
+        self._check_pixels(frame.width, frame.height, "decoded")
+        h, w = scaled_size(frame.height, frame.width, self.short_side)
+        if (h, w) != (frame.height, frame.width):
+            array = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        else:
+            array = frame.to_ndarray(format="rgb24")
+        rotation = int(round(frame.rotation or 0)) % 360 if self.rotate else 0
+        self.info.rotation = rotation  # the display matrix rides on the frames (FFmpeg's side data)
+        turns = rotation // 90 if rotation % 90 == 0 else 0
+        return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+
+    def _seek(self, index: int) -> None:
+        """Position the decoder at the keyframe at or before frame ``index``."""
+        k = int(np.searchsorted(self._key_index, index, side="right")) - 1
+        self._seek_key(k)
+
+    def _seek_key(self, k: int) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        target = int(self._key_seek[k])
+        self.seeks += 1
+        if k == 0 or target == np.iinfo(np.int64).min:
+            self._container.seek(0, backward=True, any_frame=False)  # the very beginning of the file
+        else:
+            self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
+        self._frames = self._container.decode(self._stream)
+        self._last = int(self._key_index[k]) - 1
+        self._key = k
+
+    def _next(self) -> tuple[int, Any] | None:
+        """The next decoded frame and its index (None at the end of the stream)."""
+        assert self._frames is not None
+        for frame in self._frames:
+            self.decoded += 1
+            if frame.pts is None:
+                continue
+            i = int(np.searchsorted(self._pts, frame.pts))
+            if i >= len(self._pts) or self._pts[i] != frame.pts:
+                continue  # a frame the index does not hold (an edit list's discarded lead-in)
+            return i, frame
+        return None
+
+    def iter_frames(self, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, uint8 (H, W, 3)) for each of ``indices`` (ascending; repeats allowed), decoded run by run."""
+        n = len(self._pts)
+        prev = -1
+        cached: tuple[int, np.ndarray] | None = None
+        try:
+            for want in indices:
+                want = int(want)
+                if not 0 <= want < n:
+                    raise IndexError(f"frame {want} out of range: the video has {n} frames")
+                if want < prev:
+                    raise ValueError(f"frame indices must be ascending: {want} after {prev}")
+                prev = want
+                if cached is not None and cached[0] == want:
+                    yield cached
+                    continue
+                yield want, self._decode_one(want)
+                cached = (want, self._last_array)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(f"cannot decode video near frame {prev} ({type(e).__name__}: {e})") from e
+
+    def _decode_one(self, want: int) -> np.ndarray:
+        key = int(np.searchsorted(self._key_index, want, side="right")) - 1
+        # seek when the wanted frame's GOP starts after where the decoder is (the GOPs between are skipped)
+        if self._frames is None or want <= self._last or int(self._key_index[key]) > self._last + 1:
+            self._seek_key(key)
+        tries = 0
+        while True:
+            got = self._next()
+            if got is not None and got[0] < want:
+                self._last = got[0]
+                continue
+            if got is not None and got[0] == want:
+                self._last = want
+                self._last_array = self._to_array(got[1])
+                return self._last_array
+            # passed the frame (or the stream ended) without seeing it: the seek landed late, or it is corrupt
+            tries += 1
+            back = int(np.searchsorted(self._key_index, want, side="right")) - 1 - tries
+            if tries > 2 or back < 0:
+                raise VideoDecodeError(f"frame {want} of {len(self._pts)} could not be decoded "
+                                       f"(a corrupt or truncated stream)")
+            self._seek_key(back)
+
+    def read(self, indices: Sequence[int]) -> Tensor:
+        """uint8 (F, H, W, 3) frames at ``indices`` (any order, repeats allowed), each decoded once and written
+        straight into the output (no second copy of the frames kept)."""
+        if not len(indices):
+            raise ValueError("no frame indices to read")
+        where: dict[int, list[int]] = {}
+        for pos, i in enumerate(indices):
+            where.setdefault(int(i), []).append(pos)
+        out: np.ndarray | None = None
+        for i, array in self.iter_frames(sorted(where)):
+            if out is None:
+                out = np.empty((len(indices), *array.shape), dtype=array.dtype)
+            if array.shape != out.shape[1:]:
+                raise VideoDecodeError(f"frame {i} is {array.shape[1]}x{array.shape[0]}, the first frame read "
+                                       f"{out.shape[2]}x{out.shape[1]}: frame size changes mid-video")
+            out[where[i]] = array
+        return torch.from_numpy(out)
+
+    def iter_chunks(self, indices: Iterable[int], chunk_frames: int) -> Iterator[Tensor]:
+        """The frames at ``indices`` (ascending, repeats allowed; any iterable) as uint8 (k, H, W, 3) chunks of
+        at most ``chunk_frames``: at most one chunk is held."""
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        pending: list[np.ndarray] = []
+        for _, array in self.iter_frames(indices):
+            pending.append(array)
+            if len(pending) == chunk_frames:
+                yield torch.from_numpy(np.stack(pending))
+                pending = []
+        if pending:
+            yield torch.from_numpy(np.stack(pending))
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+        self._container.close()
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def choose_indices(times: np.ndarray, fps_avg: float, num_frames: int | None = None, fps: float | None = None,
+                   max_frames: int | None = None, start: float | None = None, end: float | None = None) -> list[int]:
+    """Frame indices (ascending) of a video whose frames are at ``times`` (seconds from the first frame):
+
+    - a window ``[start, end)`` in seconds (either may be None) narrows the frames first;
+    - ``num_frames``: spread uniformly over the window (the centre of each of ``num_frames`` segments, as
+      :func:`~aurora.data.video.uniform_indices`; repeats when the window holds fewer frames);
+    - ``fps``: one frame per ``1/fps`` seconds of the window (the frame shown at each sampling time; variable
+      frame rates are sampled by time), at most ``max_frames`` (then spread uniformly over the window);
+    - neither: every frame of the window (at most ``max_frames``, spread uniformly).
+    """
+    if num_frames is not None and fps is not None:
+        raise ValueError("give num_frames or fps, not both")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    n = len(times)
+    lo, hi = 0, n
+    if start is not None or end is not None:
+        if n > 1 and not times[-1] > 0:
+            raise VideoDecodeError("video has no timing: a time window cannot be chosen")
+        if start is not None and end is not None and not end > start:
+            raise ValueError(f"time window end {end} must be after its start {start}")
+        lo = int(np.searchsorted(times, start, side="left")) if start is not None else 0
+        hi = int(np.searchsorted(times, end, side="left")) if end is not None else n
+        if hi <= lo:
+            lo = min(max(0, lo), n - 1)  # a window shorter than one frame: the frame shown at its start
+            lo = max(0, int(np.searchsorted(times, start or 0.0, side="right")) - 1)
+            hi = lo + 1
+    count = hi - lo
+    if num_frames is not None:
+        return [lo + min(count - 1, int((i + 0.5) * count / num_frames)) for i in range(num_frames)]
+    if fps is not None:
+        if count > 1 and not times[hi - 1] > times[lo]:
+            raise VideoDecodeError("video has no timing (zero or missing fps): sample it with num_frames")
+        step = (times[hi - 1] - times[lo]) / (count - 1) if count > 1 else 0.0
+        t0 = float(times[lo]) if start is None else float(start)
+        t1 = float(times[hi - 1]) + step if end is None else float(end)
+        want = max(1, round((t1 - t0) * fps))
+        if max_frames is not None and want > max_frames:
+            return [lo + min(count - 1, int((i + 0.5) * count / max_frames)) for i in range(max_frames)]
+        at = t0 + (np.arange(want) + 0.5) / fps
+        idx = np.clip(np.searchsorted(times, at, side="right") - 1, lo, hi - 1)
+        return [int(i) for i in idx]
+    if max_frames is not None and count > max_frames:
+        return [lo + min(count - 1, int((i + 0.5) * count / max_frames)) for i in range(max_frames)]
+    return list(range(lo, hi))
+
+
+def read_frames(source: VideoSource, num_frames: int | None = None, fps: float | None = None,
+                max_frames: int | None = None, start: float | None = None, end: float | None = None,
+                short_side: int | None = None, max_pixels: int | None = None,
+                max_video_frames: int | None = None) -> tuple[Tensor, list[int], VideoInfo]:
+    """Sample and read one video: (uint8 (F, H, W, 3), the frame indices, its :class:`VideoInfo`)."""
+    with FrameReader(source, short_side=short_side, max_pixels=max_pixels, max_frames=max_video_frames) as r:
+        idx = r.indices(num_frames, fps, max_frames, start, end)
+        return r.read(idx), idx, r.info
+
+
+def full_decode(source: VideoSource, num_frames: int | None = None) -> Tensor:
+    """Every frame decoded to RGB, then ``num_frames`` sampled uniformly: the reader the project had before
+    :class:`FrameReader`, kept as the reference of the tests and the baseline of ``aurora bench decode`` only
+    (it holds the whole video in memory)."""
+    container = _open(source)
+    try:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except Exception as e:
+        raise VideoDecodeError(f"cannot decode video ({type(e).__name__}: {e})") from e
+    finally:
+        container.close()
+    if not frames:
+        raise VideoDecodeError("video has no decodable frames")
+    if num_frames is not None:
+        frames = [frames[min(len(frames) - 1, int((i + 0.5) * len(frames) / num_frames))] for i in range(num_frames)]
+    return torch.from_numpy(np.stack(frames))
+
+
+# ------------------------------------------------------------------------------------------------ peers
+BACKENDS = ("aurora", "full", "decord2", "torchcodec")
+
+
+def backend_unavailable(name: str) -> str | None:
+    """Why ``name`` cannot run here (None: it can). ``aurora`` (this module) and ``full`` always can."""
+    if name not in BACKENDS:
+        return f"unknown backend {name!r}; known: {', '.join(BACKENDS)}"
+    module = {"decord2": "decord", "torchcodec": "torchcodec.decoders"}.get(name)
+    if module is None:
+        return None
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # not installed, or its FFmpeg libraries / torch build do not match
+        return f"{name} not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
+               f"pip install 'aurora-long[peers]'" + (" and apt-get install ffmpeg" if name == "torchcodec" else "")
+    return None
+
+
+def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
+              short_side: int | None = None) -> Tensor:
+    """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
+    ``aurora`` (:class:`FrameReader`), ``full`` (:func:`full_decode`, the old reader), or the peers ``decord2`` /
+    ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them)."""
+    reason = backend_unavailable(backend)
+    if reason:
+        raise RuntimeError(reason)
+    if backend == "aurora":
+        return read_frames(source, num_frames=num_frames, fps=fps, short_side=short_side)[0]
+    if backend == "full":
+        frames = full_decode(source)
+        times = np.arange(len(frames)) / (probe_fps(source) or 1.0)
+        idx = choose_indices(times, 0.0, num_frames, fps)
+        return frames[idx]
+    if backend == "decord2":
+        import decord
+
+        probe = decord.VideoReader(str(source), num_threads=0)
+        h, w = probe[0].shape[:2] if len(probe) else (0, 0)
+        sh, sw = scaled_size(h, w, short_side)
+        vr = probe if (sh, sw) == (h, w) else decord.VideoReader(str(source), width=sw, height=sh, num_threads=0)
+        times = np.arange(len(vr)) / (vr.get_avg_fps() or 1.0)
+        idx = choose_indices(times, 0.0, num_frames, fps)
+        return torch.from_numpy(vr.get_batch(idx).asnumpy())
+    from torchcodec.decoders import VideoDecoder
+
+    dec = VideoDecoder(str(source), seek_mode="exact", dimension_order="NHWC")
+    meta = dec.metadata
+    times = np.arange(meta.num_frames) / (meta.average_fps or 1.0)
+    idx = choose_indices(times, 0.0, num_frames, fps)
+    frames = dec.get_frames_at(indices=idx).data
+    if short_side is not None and min(frames.shape[1:3]) > short_side:
+        sh, sw = scaled_size(frames.shape[1], frames.shape[2], short_side)
+        frames = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(sh, sw),
+                                                 mode="bilinear", antialias=True).round().clamp(0, 255)
+        frames = frames.to(torch.uint8).permute(0, 2, 3, 1)
+    return frames
+
+
+def probe_fps(source: VideoSource) -> float:
+    container = _open(source)
+    try:
+        return float(container.streams.video[0].average_rate or 0.0)
+    finally:
+        container.close()

@@ -1,0 +1,21 @@
+"""aurora bench decode on a tiny grid: every point runs in its own process and writes JSON + PNG; absent peers
+are skipped with their reason."""
+import json
+
+from aurora.tools.bench_decode import bench_decode_main
+
+
+def test_bench_decode_tiny_grid(tmp_path, capsys):
+    out = tmp_path / "d.json"
+    rc = bench_decode_main(["--heights", "72", "--minutes", "0.02", "--samplings", "4,1fps",
+               "--backends", "aurora,full,nope", "--cache", str(tmp_path / "cache"), "--json", str(out),
+               "--plot", str(tmp_path / "d.png")])
+    assert rc in (0, None)
+    records = json.loads(out.read_text())["records"]
+    assert len(records) == 6
+    done = {(r["sampling"], r["backend"]): r for r in records if "seconds" in r}
+    assert done[("4", "aurora")]["frames"] == 4 and done[("4", "full")]["frames"] == 4
+    assert done[("1fps", "aurora")]["frames"] == 1  # 36 frames at 30 fps: 1.2 s
+    assert done[("4", "aurora")]["shape"] == [72, 128, 3] and done[("4", "aurora")]["peak_rss"] > 0
+    assert all("unknown backend" in r["skipped"] for r in records if r["backend"] == "nope")
+    assert (tmp_path / "d.png").stat().st_size > 0
