@@ -45,7 +45,6 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
     },
     "export": Command("aurora.infer.api:export_main", "a checkpoint -> safetensors + config.json + tokenizer + model card"),
-    "serve": Command("aurora.infer.server:serve_main", "an OpenAI-compatible chat server (--ui: a web page)"),
     "convert": Command("aurora.tools.convert:convert_main", "a community checkpoint -> our backbone's safetensors"),
     "ablate": Command("aurora.tools.ablate:ablate_main", "a grid of training runs (resumable), with a table and plot"),
 }
