@@ -45,6 +45,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
     },
+    "export": Command("aurora.infer.api:export_main", "a checkpoint -> safetensors + config.json + tokenizer + model card"),
     "convert": Command("aurora.tools.convert:convert_main", "a community checkpoint -> our backbone's safetensors"),
     "ablate": Command("aurora.tools.ablate:ablate_main", "a grid of training runs (resumable), with a table and plot"),
 }
