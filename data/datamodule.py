@@ -44,7 +44,10 @@ class AuroraDataModule(L.LightningDataModule):
             with these arguments (``train``, ``val``, ``test``, ``frames``, ``size``, ``seed``).
         num_frames: frames sampled uniformly from every video; image_size, mean, std: the vision encoder's input.
         frame_order: ``original``, ``shuffled`` or ``reversed`` frames for evaluation (the motion ablation).
-        template: the prompt template's fields (sandwich prompting by default).
+        template: the prompt template's fields (sandwich prompting by default; ``lead`` says what is read
+            before the video in training: ``question``, ``generic``, ``none`` or a seeded per-sample ``mix``).
+        eval_lead: what validation / test / predict read before the video (default: the sandwich, or the
+            template's lead): ``generic`` or ``none`` measure answering from one state reused for any question.
         shuffle_buffer, shuffle_shards: training sample shuffle buffer (per worker) and per-epoch shard order.
         resampled, epoch_samples: draw training shards with replacement, endlessly, and end an epoch after
             ``epoch_samples`` samples per rank (see :class:`VideoQADataset`).
@@ -79,7 +82,8 @@ class AuroraDataModule(L.LightningDataModule):
         tokens_per_frame: int = 0,
         overlong: str = "truncate",
         frame_order: str = "original",
-        template: dict[str, str] | None = None,
+        template: dict[str, Any] | None = None,
+        eval_lead: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -98,6 +102,9 @@ class AuroraDataModule(L.LightningDataModule):
         self.length = {"max_tokens": max_tokens, "tokens_per_frame": tokens_per_frame, "overlong": overlong}
         self.frame_order = frame_order
         self.template = PromptTemplate(**(template or {}))
+        if eval_lead is not None and eval_lead not in ("question", "generic", "none"):
+            raise ValueError(f"unknown eval_lead {eval_lead!r}; known: question, generic, none")
+        self.eval_lead = eval_lead
         self.tokenizer = Tokenizer()
         # the training position of this rank: the epoch, and per worker (raw samples read, samples yielded)
         self.epoch, self._next_epoch = 0, 0
@@ -164,7 +171,8 @@ class AuroraDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer if train else 0, seed=self.seed,
             shuffle_shards=self.shuffle_shards and train, resampled=self.resampled and train,
             epoch_samples=self.epoch_samples if train else None, rank=rank, world_size=world,
-            track_position=train, **self.length,
+            track_position=train, lead=None if train else (self.eval_lead or self.template.lead_at_inference),
+            **self.length,
         )
 
     def _loader(self, ds: VideoQADataset, batch_size: int) -> DataLoader:

@@ -116,6 +116,7 @@ class VideoQADataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         track_position: bool = False,
+        lead: str | None = None,
     ) -> None:
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"unknown frame_order {frame_order!r}; known: {', '.join(FRAME_ORDERS)}")
@@ -135,6 +136,7 @@ class VideoQADataset(IterableDataset):
         self.shuffle_shards, self.resampled, self.epoch_samples = shuffle_shards, resampled, epoch_samples
         self.max_tokens, self.tokens_per_frame, self.overlong = max_tokens, tokens_per_frame, overlong
         self.rank, self.world_size, self.track_position = rank, world_size, track_position
+        self.lead = lead  # what is read before the video: None draws the template's per sample (training)
         self.epoch = 0
         self.start: dict[int, tuple[int, int]] = {}
         self.skipped: Counter = Counter()
@@ -179,7 +181,8 @@ class VideoQADataset(IterableDataset):
             question, answer = question_and_answer(meta["conversations"])
         except (ValueError, KeyError, TypeError) as e:
             raise SampleError("bad annotation", f"{type(e).__name__}: {e}") from e
-        input_ids, labels = self.template.build(self.tokenizer, question, answer)
+        input_ids, labels = self.template.build(self.tokenizer, question, answer,
+                                                self.lead or self.template.choose_lead(key, self.seed))
         input_ids, labels = self.fit_to_budget(key, input_ids, labels)  # before decoding: a skip costs nothing
         try:
             frames = decode_video(raw["mp4"], self.num_frames)
