@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class VideoState:
 
     state: Any
     logits: Tensor
-    context: str
+    context: str | None  # the text read before the video (None: nothing)
     frames: int
     positions: int  # tokens read: prefix text + visual tokens
     meta: dict[str, Any] = field(default_factory=dict)
@@ -285,30 +286,107 @@ class StreamEngine:
         """The sampled frame indices (a lazy sequence: nothing per frame is held)."""
         return sample_indices(probe_video(source), num_frames=frames, fps=fps)
 
+    def lead_context(self, question: str, lead: str | None = None) -> str | None:
+        """The ``context`` :meth:`read_video` takes for a prompt lead (default: the template's lead at inference):
+        the question (the sandwich), the template's generic instruction, or None (nothing before the video)."""
+        lead = self.template.lead_at_inference if lead is None else lead
+        if lead == "question":
+            return question
+        if lead == "generic":
+            return self.template.generic
+        if lead == "none":
+            return None
+        raise ValueError(f"unknown prompt lead {lead!r}; known: question, generic, none")
+
     @torch.no_grad()
-    def read_video(self, source: VideoSource, context: str, frames: int | None = None, fps: float | None = None,
-                   name: str | None = None) -> VideoState:
-        """``before(context)`` then the video's sampled frames, chunk by chunk: the state after the video."""
-        indices = self.frame_indices(source, frames, fps)
-        prefix = self.tokenizer.encode(self.template.before.format(question=context))
-        last, state = self.read_ids(prefix)
-        positions = len(prefix)
+    def read_video(self, source: VideoSource, context: str | None, frames: int | None = None,
+                   fps: float | None = None, name: str | None = None, snapshot_every: float | None = None,
+                   on_snapshot=None, until: float | None = None, start: "VideoState | None" = None) -> VideoState:
+        """``before(context)`` (nothing when ``context`` is None) then the video's sampled frames, chunk by chunk:
+        the state after the video.
+
+        Moments in time: a frame's time is its index / the video's frame rate. ``until`` stops after the last
+        sampled frame at or before that time (the state "as of" that moment); ``start`` continues a state that
+        was read up to ``start.meta["until"]`` (a snapshot), reading only the sampled frames after it, and takes
+        its context. ``snapshot_every`` calls ``on_snapshot(state)`` with the state as of every multiple of that
+        many seconds (each constant-size) and at the end."""
+        info = probe_video(source)
+        indices = sample_indices(info, num_frames=frames, fps=fps)
+        rate = info.fps or (info.frames / info.duration if info.duration > 0 else 1.0)
+        if start is not None:
+            if "until" not in (start.meta or {}):
+                raise StreamError("that state holds the whole video, not a moment of it: continue only from a "
+                                  "snapshot (aurora ask --snapshot-every)")
+            context, state, positions = start.context, start.state, start.positions
+            after, last, logits0 = float(start.meta["until"]), None, start.logits
+        else:
+            prefix = self.tokenizer.encode(self.template.before.format(question=context)) if context is not None else []
+            last, state = self.read_ids(prefix)
+            positions, after, logits0 = len(prefix), -1.0, None
+        stop = math.inf if until is None else float(until)
+        wanted = [i for i in indices if after < i / rate <= stop] if (start is not None or until is not None) \
+            else indices
+        # the snapshot boundary each wanted frame belongs to (a frame at time t belongs to the first multiple of
+        # snapshot_every at or after t); reading is one pass, and a chunk is split where a boundary falls inside it
+        boundary_of = None
+        boundaries: list[float] = []
+        if snapshot_every is not None:
+            if snapshot_every <= 0:
+                raise ValueError(f"snapshot_every must be > 0 seconds, got {snapshot_every}")
+            boundary_of = [math.ceil(i / rate / snapshot_every - 1e-9) for i in wanted]
+            end = min(indices[-1] / rate if len(indices) else 0.0, stop)
+            first_k = math.ceil(after / snapshot_every + 1e-9) if after >= 0 else 0
+            boundaries = [k * snapshot_every for k in range(first_k, math.ceil(end / snapshot_every - 1e-9) + 1)]
+        read = start.frames if start is not None else 0
+        first = start.meta.get("first_frame") if start is not None else None
+        latest = start.meta.get("last_frame") if start is not None else None
+
+        def state_now(until_t: float | None) -> VideoState:
+            logits = self.rnn.logits(last) if last is not None else logits0
+            if logits is None:
+                raise StreamError("nothing was read: no sampled frame falls at or before that moment and no text "
+                                  "was read before the video")
+            meta = {"video": name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>"),
+                    "indices": len(indices), "sampling": {"frames": frames, "fps": fps},
+                    "first_frame": first, "last_frame": latest}
+            if until_t is not None:
+                meta["until"] = float(until_t)
+            return VideoState(state=state, logits=logits, context=context, frames=read, positions=positions,
+                              meta=meta)
+
+        def snapshots_up_to(k: int | None) -> None:  # every boundary before frame group k (all when None)
+            while boundaries and (k is None or boundaries[0] < k * snapshot_every - 1e-9):
+                t = boundaries.pop(0)
+                if on_snapshot is not None:
+                    on_snapshot(state_now(min(t, stop)))
+
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(indices), unit="frame", desc="reading video", disable=not self.progress,
+        pos = 0  # wanted[pos] is the next frame to come out of the decoder
+        with tqdm(total=len(wanted), unit="frame", desc="reading video", disable=not self.progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
-            for chunk in iter_frame_chunks(source, indices, self.chunk_frames):
-                video = self.encode_chunk(chunk)
-                hidden, state = self.rnn(video.to(self.dtype), state)  # as AuroraModel.splice casts it
-                last, positions = hidden[:, -1].clone(), positions + video.shape[1]
+            for chunk in iter_frame_chunks(source, wanted, self.chunk_frames):
+                lo = 0
+                while lo < chunk.shape[0]:
+                    hi = chunk.shape[0]
+                    if boundary_of is not None:
+                        k = boundary_of[pos + lo]
+                        snapshots_up_to(k)
+                        hi = lo + 1
+                        while hi < chunk.shape[0] and boundary_of[pos + hi] == k:
+                            hi += 1
+                    video = self.encode_chunk(chunk[lo:hi])
+                    hidden, state = self.rnn(video.to(self.dtype), state)  # as AuroraModel.splice casts it
+                    last, positions = hidden[:, -1].clone(), positions + video.shape[1]
+                    first = wanted[pos + lo] if first is None else first
+                    latest, read = wanted[pos + hi - 1], read + hi - lo
+                    del video, hidden  # nothing of a chunk outlives it but the state
+                    lo = hi
+                pos += chunk.shape[0]
                 bar.update(chunk.shape[0])
-                del video, hidden, chunk  # nothing of a chunk outlives it but the state
-        logits = self.rnn.logits(last)
-        meta = {"video": name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>"),
-                "indices": len(indices), "first_frame": indices[0], "last_frame": indices[-1],
-                "sampling": {"frames": frames, "fps": fps}}
-        return VideoState(state=state, logits=logits, context=context, frames=len(indices), positions=positions,
-                          meta=meta)
+                del chunk
+        snapshots_up_to(None)
+        return state_now(stop if until is not None else None)
 
     def check_state(self, vs: VideoState) -> None:
         """A loaded state must come from this model, preprocessing and template."""
@@ -371,13 +449,55 @@ class StreamEngine:
     def ask(self, source: VideoSource, question: str, frames: int | None = None, fps: float | None = None,
             gen: Generation | None = None, context: str | None = None, keep_scores: bool = False) -> Answer:
         """One question about one video, read from scratch: the trained prompt when ``context`` is None."""
-        vs = self.read_video(source, question if context is None else context, frames, fps)
+        vs = self.read_video(source, self.lead_context(question) if context is None else context, frames, fps)
         return self.answer(vs, question, gen, keep_scores)
 
     def save_state(self, vs: VideoState, path: str | os.PathLike) -> Path:
         """Write ``vs`` with this engine's setup (model fingerprint, preprocessing, template) for the load check."""
         vs.meta = {**(vs.meta or {}), "setup": self.setup()}  # the fingerprint: one pass over the weights
         return vs.save(path)
+
+    # -- moments in time -----------------------------------------------------------------------------------
+    def snapshot_writer(self, folder: str | os.PathLike):
+        """An ``on_snapshot`` callback for :meth:`read_video` that saves each state as of a moment into
+        ``folder`` (``at-SSSSSS.sss.safetensors``, each with this engine's setup) and keeps ``snapshots.json``,
+        the index of moments and files, up to date (written atomically after every snapshot)."""
+        from aurora.io import write_json
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        index: list[dict[str, Any]] = []
+
+        def write(vs: VideoState) -> None:
+            name = f"at-{vs.meta['until']:010.3f}.safetensors"
+            self.save_state(vs, out / name)
+            index.append({"at": vs.meta["until"], "file": name, "frames": vs.frames})
+            write_json(out / "snapshots.json", {"format": STATE_FORMAT, "video": vs.meta.get("video"),
+                                                "sampling": vs.meta.get("sampling"), "snapshots": index})
+
+        return write
+
+    def load_snapshot(self, folder: str | os.PathLike, at: float) -> VideoState:
+        """The saved state nearest before the moment ``at`` (seconds) from a folder :meth:`snapshot_writer`
+        filled, checked against this engine like :meth:`load_state`."""
+        folder = Path(folder)
+        index_path = folder / "snapshots.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"no snapshots.json in {folder} (write one with aurora ask --snapshot-every "
+                                    "SECONDS --save-state DIR)")
+        try:
+            index = json.loads(index_path.read_text())["snapshots"]
+            moments = sorted((float(e["at"]), str(e["file"])) for e in index)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StreamError(f"{index_path} is not a snapshot index ({type(e).__name__}: {e})") from e
+        before = [(t, f) for t, f in moments if t <= at + 1e-9]
+        if not before:
+            raise StreamError(f"no snapshot at or before {at:g} s in {folder} (the first is at {moments[0][0]:g} s)"
+                              if moments else f"{folder} holds no snapshot")
+        t, name = before[-1]
+        if Path(name).name != name:  # the index names files inside its own folder, nothing else
+            raise StreamError(f"{index_path} names a file outside its folder: {name!r}")
+        return self.load_state(folder / name)
 
     def load_state(self, path: str | os.PathLike) -> VideoState:
         """A saved state, checked against this engine's setup (same weights, dtype, preprocessing, template)."""
@@ -410,3 +530,17 @@ def engine_from_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike | 
                           image_size=data.get("image_size"), mean=tuple(data.get("mean") or DEFAULT_MEAN),
                           std=tuple(data.get("std") or DEFAULT_STD), chunk_frames=chunk_frames, progress=progress)
     return engine, {"hparams": hp, "data": data, "config": str(config) if config else None}
+
+
+def parse_moment(text: str) -> float:
+    """Seconds from ``HH:MM:SS(.fff)``, ``MM:SS`` or plain seconds."""
+    try:
+        parts = [float(p) for p in str(text).split(":")]
+    except ValueError:
+        raise ValueError(f"a moment is HH:MM:SS, MM:SS or seconds, got {text!r}") from None
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+        raise ValueError(f"a moment is HH:MM:SS, MM:SS or seconds, got {text!r}")
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds
