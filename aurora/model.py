@@ -159,15 +159,20 @@ class AuroraModel(nn.Module):
         new state, so forking costs nothing). The sum of the tokens' log-probabilities, as lmms-eval's
         ``loglikelihood`` requests."""
         logits, state = self.prefill(pixels, prompt_ids)
+        return self.continuation_scores(logits, state, continuations)
+
+    @torch.no_grad()
+    def continuation_scores(self, logits: Tensor, state: Any, continuations: list[list[int]]) -> list[float]:
+        """The log-likelihood of each continuation from the last logits (1, vocab) and the state after them."""
         first = torch.log_softmax(logits.float(), -1)[0]
+        device = logits.device
         scores = []
         for ids in continuations:
             if not ids:
                 raise ValueError("an empty continuation has no likelihood to score")
             total = float(first[ids[0]])
             if len(ids) > 1:
-                x = torch.tensor([ids[:-1]], device=prompt_ids.device)
-                hidden, _ = self.rnn(self.rnn.embed(x), state)
+                hidden, _ = self.rnn(self.rnn.embed(torch.tensor([ids[:-1]], device=device)), state)
                 logp = torch.log_softmax(self.rnn.logits(hidden[0]).float(), -1)
                 total += float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
             scores.append(total)

@@ -415,6 +415,16 @@ class StreamEngine:
         return self.decode(logits, state, gen, keep_scores)
 
     @torch.no_grad()
+    def option_scores(self, vs: VideoState, question: str, options: Sequence[str]) -> list[float]:
+        """Log-likelihood of each option as the model answers it (the template's ``answer`` around the option),
+        each scored from a fork of the state after ``after(question)``: the video is read once for all of them."""
+        after = self.tokenizer.encode(self.template.after.format(question=question))
+        last, state = self.read_ids(after, vs.state)
+        logits = self.rnn.logits(last) if last is not None else vs.logits
+        conts = [self.tokenizer.encode(self.template.answer.format(answer=o)) for o in options]
+        return self.model.continuation_scores(logits, state, conts)
+
+    @torch.no_grad()
     def decode(self, logits: Tensor, state: Any, gen: Generation, keep_scores: bool = False) -> Answer:
         """Generate from the last logits (1, vocab) and the state after them."""
         generator = None

@@ -14,6 +14,7 @@ from aurora.data.prompt import PromptTemplate, Tokenizer
 from aurora.data.video import encode_mp4
 from aurora.infer.engine import Generation, StreamEngine, StreamError, parse_moment
 from aurora.types import VIDEO_TOKEN
+from _models import tiny_checkpoint
 from test_stream import Q, tiny_model
 
 FPS = 8
@@ -142,17 +143,8 @@ def test_ask_snapshots_and_answers_at_a_moment_from_the_command_line(video, tmp_
     """aurora ask --snapshot-every S --save-state DIR, then --load-state DIR --video V --at T, equal to reading
     up to T with --at alone."""
     from aurora.cli import main
-    from aurora.model import AuroraModel
 
-    model = tiny_model()
-    hp = {"vision": {"name": "siglip", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "intermediate_size": 64, "image_size": 32, "patch_size": 8},
-          "merge": {"name": "tome", "keep_ratio": 0.25, "order": "size_ascending"}, "projector": "mlp",
-          "rnn": {"name": "rwkv6", "vocab_size": 65536, "d_model": 32, "n_layer": 2, "head_size": 16},
-          "max_new_tokens": 5}
-    assert isinstance(model, AuroraModel)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hp},
-               tmp_path / "m.ckpt")
+    tiny_checkpoint(tmp_path / "m.ckpt")
     (tmp_path / "v.mp4").write_bytes(video)
     base = ["ask", "--ckpt", str(tmp_path / "m.ckpt"), "--question", Q, "--no-progress", "--json", "--fps", "4",
             "--lead", "generic"]
