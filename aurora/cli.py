@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "memory": Command("aurora.tools.bench_memory:bench_memory_main", "streaming inference memory vs frames read"),
         "vision": Command("aurora.tools.bench_vision:bench_vision_main", "ViT frames/s and tokens per frame vs merge"),
         "decode": Command("aurora.tools.bench_decode:bench_decode_main", "seconds and memory to sample frames of long videos"),
+        "reuse": Command("aurora.tools.bench_reuse:bench_reuse_main", "accuracy and cost of many questions from one state"),
     },
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),

@@ -153,6 +153,32 @@ class AuroraModel(nn.Module):
             logits = self.rnn.logits(hidden[:, -1])
 
     @torch.no_grad()
+    def score_continuations(self, pixels: Tensor, prompt_ids: Tensor, continuations: list[list[int]]) -> list[float]:
+        """Log-likelihood of each continuation (token ids) after one prompt (1, T) with its video: the video and
+        prompt are read once, and every continuation is scored from a fork of that state (the backbones return a
+        new state, so forking costs nothing). The sum of the tokens' log-probabilities, as lmms-eval's
+        ``loglikelihood`` requests."""
+        logits, state = self.prefill(pixels, prompt_ids)
+        return self.continuation_scores(logits, state, continuations)
+
+    @torch.no_grad()
+    def continuation_scores(self, logits: Tensor, state: Any, continuations: list[list[int]]) -> list[float]:
+        """The log-likelihood of each continuation from the last logits (1, vocab) and the state after them."""
+        first = torch.log_softmax(logits.float(), -1)[0]
+        device = logits.device
+        scores = []
+        for ids in continuations:
+            if not ids:
+                raise ValueError("an empty continuation has no likelihood to score")
+            total = float(first[ids[0]])
+            if len(ids) > 1:
+                hidden, _ = self.rnn(self.rnn.embed(torch.tensor([ids[:-1]], device=device)), state)
+                logp = torch.log_softmax(self.rnn.logits(hidden[0]).float(), -1)
+                total += float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+            scores.append(total)
+        return scores
+
+    @torch.no_grad()
     def generate(
         self,
         pixels: Tensor,

@@ -61,7 +61,10 @@ class AuroraDataModule(L.LightningDataModule):
         max_pixels, max_video_frames: a video whose frames hold more pixels, or which has more frames, is skipped
             and counted (``skipped/video over limits``): what one sample may cost is bounded whatever the file.
         frame_order: ``original``, ``shuffled`` or ``reversed`` frames for evaluation (the motion ablation).
-        template: the prompt template's fields (sandwich prompting by default).
+        template: the prompt template's fields (sandwich prompting by default; ``lead`` says what is read
+            before the video in training: ``question``, ``generic``, ``none`` or a seeded per-sample ``mix``).
+        eval_lead: what validation / test / predict read before the video (default: the sandwich, or the
+            template's lead): ``generic`` or ``none`` measure answering from one state reused for any question.
         shuffle_buffer, shuffle_shards: training sample shuffle buffer (per worker) and per-epoch shard order.
         resampled, epoch_samples: draw training shards with replacement, endlessly, and end an epoch after
             ``epoch_samples`` samples per rank (see :class:`VideoQADataset`).
@@ -97,7 +100,8 @@ class AuroraDataModule(L.LightningDataModule):
         tokens_per_frame: int = 0,
         overlong: str = "truncate",
         frame_order: str = "original",
-        template: dict[str, str] | None = None,
+        template: dict[str, Any] | None = None,
+        eval_lead: str | None = None,
         seed: int = 0,
         fps: float | None = None,
         max_frames: int | None = None,
@@ -127,6 +131,9 @@ class AuroraDataModule(L.LightningDataModule):
         self.sampling = {"fps": fps, "max_frames": max_frames, "max_pixels": max_pixels,
                          "max_video_frames": max_video_frames}
         self.template = PromptTemplate(**(template or {}))
+        if eval_lead is not None and eval_lead not in ("question", "generic", "none"):
+            raise ValueError(f"unknown eval_lead {eval_lead!r}; known: question, generic, none")
+        self.eval_lead = eval_lead
         self.tokenizer = Tokenizer()
         # the training position of this rank: the epoch, and per worker (raw samples read, samples yielded)
         self.epoch, self._next_epoch = 0, 0
@@ -193,7 +200,8 @@ class AuroraDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer if train else 0, seed=self.seed,
             shuffle_shards=self.shuffle_shards and train, resampled=self.resampled and train,
             epoch_samples=self.epoch_samples if train else None, rank=rank, world_size=world,
-            track_position=train, **self.length, **self.sampling,
+            track_position=train, lead=None if train else (self.eval_lead or self.template.lead_at_inference),
+            **self.length, **self.sampling,
         )
 
     def _loader(self, ds: VideoQADataset, batch_size: int) -> DataLoader:

@@ -1,6 +1,7 @@
 """Prompts and tokens: the RWKV World tokenizer and the sandwich prompt (instruction, video, instruction)."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,27 +43,82 @@ class Tokenizer:
         return self._tok.decodeBytes([i for i in ids if i != self.eos_id]).decode("utf-8", errors="replace")
 
 
+LEADS = ("question", "generic", "none", "mix")
+DEFAULT_MIX = {"question": 0.5, "generic": 0.25, "none": 0.25}
+
+
 @dataclass
 class PromptTemplate:
     """Sandwich prompting (VisualRWKV): the instruction before AND after the video, then the answer.
 
-        "User: {question}\\n" <video> "\\nUser: {question}\\n\\nAssistant:" " {answer}" "\\n\\n"
+        "User: {question}\n" <video> "\nUser: {question}\n\nAssistant:" " {answer}" "\n\n"
 
     Only the answer and the stop string are learned (labels); generation stops at ``stop``.
+
+    ``lead`` is what is read before the video: ``question`` (the paper's sandwich, the default), ``generic`` (the
+    ``before`` text around the fixed instruction ``generic`` instead of the question), ``none`` (nothing: the
+    video comes first), or ``mix``: one of the three per training sample, drawn with the probabilities ``mix``
+    from a seed and the sample's key, so a run is reproducible. A model trained with ``mix`` has seen its question
+    arrive only after the video, so one state read with a generic lead (or none) serves any question; reading from
+    scratch it is asked the sandwich (``lead_at_inference``).
     """
 
     before: str = "User: {question}\n"
     after: str = "\nUser: {question}\n\nAssistant:"
     answer: str = " {answer}"
     stop: str = "\n\n"
+    lead: str = "question"
+    generic: str = "Describe the video."
+    mix: dict[str, float] | None = None
 
-    def build_prompt(self, tokenizer: Tokenizer, question: str) -> list[int]:
-        return (tokenizer.encode(self.before.format(question=question)) + [VIDEO_TOKEN]
+    def __post_init__(self) -> None:
+        if self.lead not in LEADS:
+            raise ValueError(f"unknown prompt lead {self.lead!r}; known: {', '.join(LEADS)}")
+        if self.mix is not None:
+            self.mix = {str(k): float(v) for k, v in dict(self.mix).items()}
+            bad = sorted(set(self.mix) - set(LEADS[:3]))
+            if bad or not self.mix or min(self.mix.values()) < 0 or sum(self.mix.values()) <= 0:
+                raise ValueError(f"prompt mix must give non-negative weights to some of question, generic, none; "
+                                 f"got {self.mix}")
+
+    @property
+    def lead_at_inference(self) -> str:
+        """The lead a question read from scratch gets: the trained one, and the sandwich for a mix."""
+        return "question" if self.lead == "mix" else self.lead
+
+    def choose_lead(self, key: str = "", seed: int = 0) -> str:
+        """This sample's lead: ``lead`` itself, or for ``mix`` a seeded draw from the sample's key."""
+        if self.lead != "mix":
+            return self.lead
+        weights = self.mix or DEFAULT_MIX
+        names = [n for n in LEADS[:3] if weights.get(n, 0) > 0]
+        total = sum(weights[n] for n in names)
+        u = (zlib.crc32(f"{seed}/{key}".encode()) & 0xFFFFFFFF) / 2**32 * total
+        for name in names:
+            u -= weights[name]
+            if u < 0:
+                return name
+        return names[-1]
+
+    def lead_text(self, question: str, lead: str | None = None) -> str:
+        """The text read before the video for ``lead`` (default: :attr:`lead_at_inference`)."""
+        lead = self.lead_at_inference if lead is None else lead
+        if lead == "question":
+            return self.before.format(question=question)
+        if lead == "generic":
+            return self.before.format(question=self.generic)
+        if lead == "none":
+            return ""
+        raise ValueError(f"unknown prompt lead {lead!r}; known: question, generic, none")
+
+    def build_prompt(self, tokenizer: Tokenizer, question: str, lead: str | None = None) -> list[int]:
+        return (tokenizer.encode(self.lead_text(question, lead)) + [VIDEO_TOKEN]
                 + tokenizer.encode(self.after.format(question=question)))
 
-    def build(self, tokenizer: Tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    def build(self, tokenizer: Tokenizer, question: str, answer: str, lead: str | None = None
+              ) -> tuple[list[int], list[int]]:
         """(input_ids, labels): labels equal input_ids on the answer and stop tokens, IGNORE_INDEX elsewhere."""
-        prompt = self.build_prompt(tokenizer, question)
+        prompt = self.build_prompt(tokenizer, question, lead)
         target = tokenizer.encode(self.answer.format(answer=answer)) + tokenizer.encode(self.stop)
         return prompt + target, [IGNORE_INDEX] * len(prompt) + target
 

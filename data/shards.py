@@ -165,6 +165,7 @@ class VideoQADataset(IterableDataset):
         max_frames: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_video_frames: int | None = DEFAULT_MAX_FRAMES,
+        lead: str | None = None,
     ) -> None:
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"unknown frame_order {frame_order!r}; known: {', '.join(FRAME_ORDERS)}")
@@ -187,6 +188,7 @@ class VideoQADataset(IterableDataset):
         self.rank, self.world_size, self.track_position = rank, world_size, track_position
         self.fps, self.max_frames = fps, max_frames
         self.max_pixels, self.max_video_frames = max_pixels, max_video_frames
+        self.lead = lead  # what is read before the video: None draws the template's per sample (training)
         self.epoch = 0
         self.start: dict[int, tuple[int, int]] = {}
         self.skipped: Counter = Counter()
@@ -229,7 +231,8 @@ class VideoQADataset(IterableDataset):
         try:
             meta = parse_annotation(raw["json"])
             question, answer = question_and_answer(meta["conversations"])
-            input_ids, labels = self.template.build(self.tokenizer, question, answer)
+            input_ids, labels = self.template.build(self.tokenizer, question, answer,
+                                                    self.lead or self.template.choose_lead(key, self.seed))
         except (ValueError, KeyError, TypeError) as e:  # AnnotationError, UnicodeError: ValueErrors
             raise SampleError("bad annotation", f"{type(e).__name__}: {e}") from e
         input_ids, labels = self.fit_to_budget(key, input_ids, labels)  # before decoding: a skip costs nothing

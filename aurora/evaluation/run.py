@@ -196,12 +196,24 @@ class _Scores:
         return {"exact_match": float(out["exact_match"]) / 100, "f1": float(out["f1"]) / 100}
 
 
+CHOICES = ("generate", "loglik")
+
+
 def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
-             prompts: PromptBuilder | None = None, progress: bool = False) -> Report:
+             prompts: PromptBuilder | None = None, progress: bool = False, choice: str = "generate") -> Report:
     """Ask ``predict`` every question of ``bench`` (the first ``limit``), read out its answers and score them.
-    A video that fails to decode is counted in ``errors`` and left out of the scores (like a missing one)."""
+    A video that fails to decode is counted in ``errors`` and left out of the scores (like a missing one).
+
+    ``choice`` (multiple choice only): ``generate`` reads the option out of the generated text
+    (:func:`extract_choice`); ``loglik`` picks the most likely option letter, scored from one state after the
+    question (``predict.choose(video, prompt, options, ...)``, which :class:`AuroraPredictor` has)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if choice not in CHOICES:
+        raise ValueError(f"unknown choice {choice!r}; known: {', '.join(CHOICES)}")
+    loglik = choice == "loglik" and bench.kind == MULTIPLE_CHOICE
+    if loglik and not callable(getattr(predict, "choose", None)):
+        raise TypeError("choice='loglik' needs a predictor with a choose(video, prompt, options) method")
     prompts = prompts or PromptBuilder()
     samples = bench.samples[:limit] if limit is not None else bench.samples
     with_segment = _accepts_segment(predict)
@@ -223,7 +235,11 @@ def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
             else:
                 segments_ignored += 1
         try:
-            response = predict(s.video, prompt, **kwargs)
+            if loglik:
+                picked = predict.choose(s.video, prompt, list(s.options or ()), **kwargs)
+                response = LETTERS[picked]
+            else:
+                response = predict(s.video, prompt, **kwargs)
         except (VideoDecodeError, OSError, ValueError) as e:  # ValueError: text no tokenizer encodes (\ud800)
             errors.append({"id": s.id, "video": s.video, "error": f"{type(e).__name__}: {e}"})
             logging.getLogger(__name__).warning("skipping %s (%s): %s: %s", s.id, s.video, type(e).__name__, e)
@@ -234,7 +250,7 @@ def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
                                "video": s.video, "prompt": prompt, "answer": s.answer, "response": response}
         keys = [("all", "all"), ("task", s.task)] + [(g, v) for g, v in s.groups.items()]
         if bench.kind == MULTIPLE_CHOICE:
-            choice = extract_choice(response, s.options or ())
+            choice = Choice(picked, "loglik") if loglik else extract_choice(response, s.options or ())
             extraction[choice.how] += 1
             rec["options"] = list(s.options or ())
             rec["prediction"] = LETTERS[choice.index] if choice.index is not None else None
@@ -478,6 +494,20 @@ class AuroraPredictor:
         return self.tokenizer.decode(out).strip()
 
 
+    @torch.no_grad()
+    def choose(self, video_path: str, prompt_text: str, options: list[str], segment: Segment | None = None) -> int:
+        """The option whose letter (as the model answers: the template's answer around the letter) is most likely
+        after the prompt; the video and prompt are read once, each option scored from that state."""
+        if not options:
+            raise ValueError("choose needs the question's options")
+        frames = sample_frames(video_path, self.num_frames, segment)
+        pixels = to_pixels(frames, self.image_size, self.mean, self.std)[None].to(self.device, self.dtype)
+        ids = torch.tensor([self.template.build_prompt(self.tokenizer, prompt_text)], device=self.device)
+        conts = [self.tokenizer.encode(self.template.answer.format(answer=LETTERS[i])) for i in range(len(options))]
+        scores = self.model.score_continuations(pixels, ids, conts)
+        return int(max(range(len(scores)), key=scores.__getitem__))
+
+
 # ------------------------------------------------------------------------------------------------ command
 
 
@@ -515,6 +545,9 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (default: the model's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--choice", default="generate", choices=CHOICES,
+                        help="multiple choice: read the option out of the generated text (generate), or pick the "
+                             "most likely option letter scored from one state after the question (loglik)")
     parser.add_argument("--out", required=True, help="output folder for results.json and the lmms-eval log")
     parser.add_argument("--allow-outside-videos", action="store_true",
                         help="read videos whose annotated path resolves outside --videos (refused and counted by "
@@ -537,8 +570,8 @@ def eval_main(argv: list[str]) -> int:
     except (BenchmarkFormatError, CheckpointError, RecipeError, FileNotFoundError) as e:
         print(f"aurora eval: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    report = evaluate(bench, predictor, limit=args.limit, progress=sys.stderr.isatty())
-    settings = {**predictor.settings, "annotations": args.annotations, "videos": args.videos,
+    report = evaluate(bench, predictor, limit=args.limit, progress=sys.stderr.isatty(), choice=args.choice)
+    settings = {**predictor.settings, "choice": args.choice, "annotations": args.annotations, "videos": args.videos,
                 "prompt": {"multiple_choice_after": PromptBuilder.mc_after, "open_ended_after": PromptBuilder.open_after}}
     gen = {"max_new_tokens": predictor.max_new_tokens, "do_sample": False, "until": [predictor.template.stop]}
     summary = write_results(report, args.out, settings, model_name=f"aurora_{Path(args.ckpt).stem}",

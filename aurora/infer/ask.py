@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from aurora.data.prompt import question_and_answer
 from aurora.data.video import VideoDecodeError
-from aurora.infer.engine import Generation, StreamEngine, StreamError, engine_from_checkpoint
+from aurora.infer.engine import Generation, StreamEngine, StreamError, engine_from_checkpoint, parse_moment
 from aurora.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--video", help="a video file (.mp4 or anything PyAV reads)")
     src.add_argument("--shards", help="WebDataset shards (directory, glob, brace pattern): answer every sample")
     p.add_argument("--question", help="the question (required with --video / --load-state)")
+    p.add_argument("--lead", choices=("question", "generic", "none"), default=None,
+                   help="what is read BEFORE the video: the question (the sandwich), the template's generic "
+                        "instruction, or nothing (default: what the model was trained with; the sandwich for a "
+                        "mix). A state read with generic or none serves any question")
     p.add_argument("--context", default=None,
-                   help="instruction read BEFORE the video (default: the question: the trained prompt); a saved "
-                        "state holds it")
+                   help="a text read BEFORE the video instead (overrides --lead); a saved state holds it")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--fps", type=float, default=None, help="frames per second of video to read")
     when.add_argument("--frames", type=int, default=None, help="frames spread uniformly over the video")
@@ -98,8 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=None,
                    help="stop string (repeatable; default: the template's, '\\n\\n'); --stop '' for none")
     state = p.add_mutually_exclusive_group()
-    state.add_argument("--save-state", default=None, help="write the state after context + video here")
-    state.add_argument("--load-state", default=None, help="answer from a saved state instead of reading a video")
+    state.add_argument("--save-state", default=None,
+                       help="write the state after context + video here (a folder with --snapshot-every)")
+    state.add_argument("--load-state", default=None,
+                       help="answer from a saved state instead of reading a video (a snapshot folder with --at)")
+    p.add_argument("--snapshot-every", type=float, default=None, metavar="SECONDS",
+                   help="with --save-state DIR: save the state as of every SECONDS of video (each constant-size)")
+    p.add_argument("--at", default=None, metavar="HH:MM:SS",
+                   help="answer as of this moment of the video: with --video alone, read up to it; with "
+                        "--load-state DIR --video V, start from the nearest snapshot before it and read only the "
+                        "video between")
     p.add_argument("--out", default=None, help="predictions JSONL (with --shards)")
     p.add_argument("--limit", type=int, default=None, help="with --shards: at most this many samples")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -122,8 +133,19 @@ def ask_main(argv: list[str]) -> int:
             parser.error("--question is required")
         if not args.video and not args.load_state:
             parser.error("give --video (or --load-state, or --shards)")
-        if args.video and args.load_state:
-            parser.error("--load-state answers without reading a video: drop --video")
+        if args.video and args.load_state and args.at is None:
+            parser.error("--load-state answers without reading a video: drop --video (or give --at with a "
+                         "snapshot folder)")
+    if args.snapshot_every is not None and (not args.save_state or args.snapshot_every <= 0):
+        parser.error("--snapshot-every SECONDS (> 0) needs --save-state DIR")
+    at = None
+    if args.at is not None:
+        try:
+            at = parse_moment(args.at)
+        except ValueError as e:
+            parser.error(str(e))
+        if args.load_state and not args.video:
+            parser.error("--at with --load-state DIR reads the video after the snapshot: give --video too")
     if args.frames is not None and args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     if args.fps is not None and args.fps <= 0:
@@ -161,13 +183,27 @@ def ask_main(argv: list[str]) -> int:
             summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit, args.max_frames)
             print(json.dumps(summary))
             return 0
-        if args.load_state:
+        context = args.context if args.context is not None else engine.lead_context(args.question, args.lead)
+        if args.load_state and at is not None:  # a moment: the nearest snapshot, then the video up to the moment
+            snap = engine.load_snapshot(args.load_state, at)
+            sampling = snap.meta.get("sampling") or {}
+            vs = engine.read_video(args.video, None, sampling.get("frames"), sampling.get("fps"),
+                                   max_frames=sampling.get("max_frames"), start=sampling.get("start"),
+                                   end=sampling.get("end"), resume=snap, until=at)
+            print(f"from the snapshot at {snap.meta['until']:g} s: read {vs.frames - snap.frames} more frames up "
+                  f"to {at:g} s", file=sys.stderr)
+        elif args.load_state:
             vs = engine.load_state(args.load_state)
             if args.context is not None and args.context != vs.context:
                 raise StreamError(f"the state was read with the context {vs.context!r}, not {args.context!r}")
+        elif args.snapshot_every is not None:
+            vs = engine.read_video(args.video, context, frames, fps, max_frames=args.max_frames, start=args.start,
+                                   end=args.end, snapshot_every=args.snapshot_every,
+                                   on_snapshot=engine.snapshot_writer(args.save_state), until=at)
+            print(f"snapshots every {args.snapshot_every:g} s written to {args.save_state}", file=sys.stderr)
         else:
-            vs = engine.read_video(args.video, args.question if args.context is None else args.context,
-                                   frames, fps, max_frames=args.max_frames, start=args.start, end=args.end)
+            vs = engine.read_video(args.video, context, frames, fps, max_frames=args.max_frames, start=args.start,
+                                   end=args.end, until=at)
             if args.save_state:
                 print(f"state written to {engine.save_state(vs, args.save_state)}", file=sys.stderr)
         ans = engine.answer(vs, args.question, gen)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -108,7 +109,7 @@ class VideoState:
 
     state: Any
     logits: Tensor
-    context: str
+    context: str | None  # the text read before the video (None: nothing)
     frames: int
     positions: int  # tokens read: prefix text + visual tokens
     meta: dict[str, Any] = field(default_factory=dict)
@@ -171,6 +172,8 @@ def check_state_file(path: Path, header: Mapping[str, Any], tensors: Mapping[str
         if name not in header:
             raise StreamError(f"{where}: the header has no {name!r}")
         value = header[name]
+        if name == "context" and value is None:  # nothing was read before the video (lead none)
+            continue
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise StreamError(f"{where}: header field {name!r} must be {kind.__name__}, got {type(value).__name__}")
     if header["frames"] < 0 or header["positions"] < header["frames"]:
@@ -385,34 +388,116 @@ class StreamEngine:
         with FrameReader(source) as reader:
             return self.frame_indices(reader, frames, fps, max_frames, start, end)
 
-    @torch.no_grad()
-    def read_video(self, source: VideoSource, context: str, frames: int | None = None, fps: float | None = None,
-                   name: str | None = None, max_frames: int | None = None, start: float | None = None,
-                   end: float | None = None) -> VideoState:
-        """``before(context)`` then the video's sampled frames, chunk by chunk: the state after the video. The
-        video is read by keyframe seek and resized to ``image_size`` inside FFmpeg
-        (:class:`~aurora.data.reader.FrameReader`): its cost is the frames kept, not its length."""
-        with FrameReader(source, short_side=self.image_size) as reader:
-            indices = self.frame_indices(reader, frames, fps, max_frames, start, end)
-            prefix = self.tokenizer.encode(self.template.before.format(question=context))
-            last, state = self.read_ids(prefix)
-            positions = len(prefix)
-            from tqdm.auto import tqdm
+    def lead_context(self, question: str, lead: str | None = None) -> str | None:
+        """The ``context`` :meth:`read_video` takes for a prompt lead (default: the template's lead at inference):
+        the question (the sandwich), the template's generic instruction, or None (nothing before the video)."""
+        lead = self.template.lead_at_inference if lead is None else lead
+        if lead == "question":
+            return question
+        if lead == "generic":
+            return self.template.generic
+        if lead == "none":
+            return None
+        raise ValueError(f"unknown prompt lead {lead!r}; known: question, generic, none")
 
-            with tqdm(total=len(indices), unit="frame", desc="reading video", disable=not self.progress,
-                      file=sys.stderr, dynamic_ncols=True) as bar:
-                for chunk in iter_frame_chunks(reader, indices, self.chunk_frames):
-                    video = self.encode_chunk(chunk)
+    @torch.no_grad()
+    def read_video(self, source: VideoSource, context: str | None, frames: int | None = None,
+                   fps: float | None = None, name: str | None = None, max_frames: int | None = None,
+                   start: float | None = None, end: float | None = None, snapshot_every: float | None = None,
+                   on_snapshot=None, until: float | None = None, resume: "VideoState | None" = None) -> VideoState:
+        """``before(context)`` (nothing when ``context`` is None) then the video's sampled frames, chunk by chunk:
+        the state after the video. The video is read by keyframe seek and resized to ``image_size`` inside FFmpeg
+        (:class:`~aurora.data.reader.FrameReader`): its cost is the frames kept, not its length. ``frames``,
+        ``fps``, ``max_frames``, ``start`` / ``end`` (seconds) choose them (:meth:`frame_indices`).
+
+        Moments in time: a frame's time is its presentation time from the first frame. ``until`` stops after the last
+        sampled frame at or before that time (the state "as of" that moment); ``resume`` continues a state that
+        was read up to ``resume.meta["until"]`` (a snapshot), reading only the sampled frames after it, and takes
+        its context. ``snapshot_every`` calls ``on_snapshot(state)`` with the state as of every multiple of that
+        many seconds (each constant-size) and at the end."""
+        with FrameReader(source, short_side=self.image_size) as reader:
+            return self._read(reader, source, context, frames, fps, name, max_frames, start, end, snapshot_every,
+                              on_snapshot, until, resume)
+
+    def _read(self, reader: FrameReader, source, context, frames, fps, name, max_frames, start, end,
+              snapshot_every, on_snapshot, until, resume) -> VideoState:
+        indices = self.frame_indices(reader, frames, fps, max_frames, start, end)
+        times = reader.times  # seconds from the first frame: a frame's moment
+        if resume is not None:
+            if "until" not in (resume.meta or {}):
+                raise StreamError("that state holds the whole video, not a moment of it: continue only from a "
+                                  "snapshot (aurora ask --snapshot-every)")
+            context, state, positions = resume.context, resume.state, resume.positions
+            after, last, logits0 = float(resume.meta["until"]), None, resume.logits
+        else:
+            prefix = self.tokenizer.encode(self.template.before.format(question=context)) if context is not None else []
+            last, state = self.read_ids(prefix)
+            positions, after, logits0 = len(prefix), -1.0, None
+        stop = math.inf if until is None else float(until)
+        wanted = [i for i in indices if after < times[i] <= stop] if (resume is not None or until is not None) \
+            else indices
+        # the snapshot boundary each wanted frame belongs to (a frame at time t belongs to the first multiple of
+        # snapshot_every at or after t); reading is one pass, and a chunk is split where a boundary falls inside it
+        boundary_of = None
+        boundaries: list[float] = []
+        if snapshot_every is not None:
+            if snapshot_every <= 0:
+                raise ValueError(f"snapshot_every must be > 0 seconds, got {snapshot_every}")
+            boundary_of = [math.ceil(times[i] / snapshot_every - 1e-9) for i in wanted]
+            last_t = min(times[indices[-1]] if len(indices) else 0.0, stop)
+            first_k = math.ceil(after / snapshot_every + 1e-9) if after >= 0 else 0
+            boundaries = [k * snapshot_every for k in range(first_k, math.ceil(last_t / snapshot_every - 1e-9) + 1)]
+        read = resume.frames if resume is not None else 0
+        first = resume.meta.get("first_frame") if resume is not None else None
+        latest = resume.meta.get("last_frame") if resume is not None else None
+
+        def state_now(until_t: float | None) -> VideoState:
+            logits = self.rnn.logits(last) if last is not None else logits0
+            if logits is None:
+                raise StreamError("nothing was read: no sampled frame falls at or before that moment and no text "
+                                  "was read before the video")
+            meta = {"video": name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>"),
+                    "indices": len(indices),
+                    "sampling": {"frames": frames, "fps": fps, "max_frames": max_frames, "start": start, "end": end},
+                    "first_frame": first, "last_frame": latest}
+            if until_t is not None:
+                meta["until"] = float(until_t)
+            return VideoState(state=state, logits=logits, context=context, frames=read, positions=positions,
+                              meta=meta)
+
+        def snapshots_up_to(k: int | None) -> None:  # every boundary before frame group k (all when None)
+            while boundaries and (k is None or boundaries[0] < k * snapshot_every - 1e-9):
+                t = boundaries.pop(0)
+                if on_snapshot is not None:
+                    on_snapshot(state_now(min(t, stop)))
+
+        from tqdm.auto import tqdm
+
+        pos = 0  # wanted[pos] is the next frame to come out of the decoder
+        with tqdm(total=len(wanted), unit="frame", desc="reading video", disable=not self.progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for chunk in iter_frame_chunks(reader, wanted, self.chunk_frames):
+                lo = 0
+                while lo < chunk.shape[0]:
+                    hi = chunk.shape[0]
+                    if boundary_of is not None:
+                        k = boundary_of[pos + lo]
+                        snapshots_up_to(k)
+                        hi = lo + 1
+                        while hi < chunk.shape[0] and boundary_of[pos + hi] == k:
+                            hi += 1
+                    video = self.encode_chunk(chunk[lo:hi])
                     hidden, state = self.rnn(video.to(self.dtype), state)  # as AuroraModel.splice casts it
                     last, positions = hidden[:, -1].clone(), positions + video.shape[1]
-                    bar.update(chunk.shape[0])
-                    del video, hidden, chunk  # nothing of a chunk outlives it but the state
-        logits = self.rnn.logits(last)
-        meta = {"video": name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>"),
-                "indices": len(indices), "first_frame": indices[0], "last_frame": indices[-1],
-                "sampling": {"frames": frames, "fps": fps, "max_frames": max_frames, "start": start, "end": end}}
-        return VideoState(state=state, logits=logits, context=context, frames=len(indices), positions=positions,
-                          meta=meta)
+                    first = wanted[pos + lo] if first is None else first
+                    latest, read = wanted[pos + hi - 1], read + hi - lo
+                    del video, hidden  # nothing of a chunk outlives it but the state
+                    lo = hi
+                pos += chunk.shape[0]
+                bar.update(chunk.shape[0])
+                del chunk
+        snapshots_up_to(None)
+        return state_now(stop if until is not None else None)
 
     def check_state(self, vs: VideoState) -> None:
         """A loaded state must come from this model, preprocessing and template."""
@@ -443,6 +528,16 @@ class StreamEngine:
         last, state = self.read_ids(after, vs.state)
         logits = self.rnn.logits(last) if last is not None else vs.logits
         return self.decode(logits, state, gen, keep_scores)
+
+    @torch.no_grad()
+    def option_scores(self, vs: VideoState, question: str, options: Sequence[str]) -> list[float]:
+        """Log-likelihood of each option as the model answers it (the template's ``answer`` around the option),
+        each scored from a fork of the state after ``after(question)``: the video is read once for all of them."""
+        after = self.tokenizer.encode(self.template.after.format(question=question))
+        last, state = self.read_ids(after, vs.state)
+        logits = self.rnn.logits(last) if last is not None else vs.logits
+        conts = [self.tokenizer.encode(self.template.answer.format(answer=o)) for o in options]
+        return self.model.continuation_scores(logits, state, conts)
 
     @torch.no_grad()
     def decode(self, logits: Tensor, state: Any, gen: Generation, keep_scores: bool = False) -> Answer:
@@ -480,7 +575,7 @@ class StreamEngine:
             gen: Generation | None = None, context: str | None = None, keep_scores: bool = False,
             max_frames: int | None = None, start: float | None = None, end: float | None = None) -> Answer:
         """One question about one video, read from scratch: the trained prompt when ``context`` is None."""
-        vs = self.read_video(source, question if context is None else context, frames, fps,
+        vs = self.read_video(source, self.lead_context(question) if context is None else context, frames, fps,
                              max_frames=max_frames, start=start, end=end)
         return self.answer(vs, question, gen, keep_scores)
 
@@ -488,6 +583,48 @@ class StreamEngine:
         """Write ``vs`` with this engine's setup (model fingerprint, preprocessing, template) for the load check."""
         vs.meta = {**(vs.meta or {}), "setup": self.setup()}  # the fingerprint: one pass over the weights
         return vs.save(path)
+
+    # -- moments in time -----------------------------------------------------------------------------------
+    def snapshot_writer(self, folder: str | os.PathLike):
+        """An ``on_snapshot`` callback for :meth:`read_video` that saves each state as of a moment into
+        ``folder`` (``at-SSSSSS.sss.safetensors``, each with this engine's setup) and keeps ``snapshots.json``,
+        the index of moments and files, up to date (written atomically after every snapshot)."""
+        from aurora.io import write_json
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        index: list[dict[str, Any]] = []
+
+        def write(vs: VideoState) -> None:
+            name = f"at-{vs.meta['until']:010.3f}.safetensors"
+            self.save_state(vs, out / name)
+            index.append({"at": vs.meta["until"], "file": name, "frames": vs.frames})
+            write_json(out / "snapshots.json", {"format": STATE_FORMAT, "video": vs.meta.get("video"),
+                                                "sampling": vs.meta.get("sampling"), "snapshots": index})
+
+        return write
+
+    def load_snapshot(self, folder: str | os.PathLike, at: float) -> VideoState:
+        """The saved state nearest before the moment ``at`` (seconds) from a folder :meth:`snapshot_writer`
+        filled, checked against this engine like :meth:`load_state`."""
+        folder = Path(folder)
+        index_path = folder / "snapshots.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"no snapshots.json in {folder} (write one with aurora ask --snapshot-every "
+                                    "SECONDS --save-state DIR)")
+        try:
+            index = json.loads(index_path.read_text())["snapshots"]
+            moments = sorted((float(e["at"]), str(e["file"])) for e in index)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StreamError(f"{index_path} is not a snapshot index ({type(e).__name__}: {e})") from e
+        before = [(t, f) for t, f in moments if t <= at + 1e-9]
+        if not before:
+            raise StreamError(f"no snapshot at or before {at:g} s in {folder} (the first is at {moments[0][0]:g} s)"
+                              if moments else f"{folder} holds no snapshot")
+        t, name = before[-1]
+        if Path(name).name != name:  # the index names files inside its own folder, nothing else
+            raise StreamError(f"{index_path} names a file outside its folder: {name!r}")
+        return self.load_state(folder / name)
 
     def load_state(self, path: str | os.PathLike) -> VideoState:
         """A saved state, checked against this engine's setup (same weights, dtype, preprocessing, template)."""
@@ -520,3 +657,17 @@ def engine_from_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike | 
                           image_size=data.get("image_size"), mean=tuple(data.get("mean") or DEFAULT_MEAN),
                           std=tuple(data.get("std") or DEFAULT_STD), chunk_frames=chunk_frames, progress=progress)
     return engine, {"hparams": hp, "data": data, "config": str(config) if config else None}
+
+
+def parse_moment(text: str) -> float:
+    """Seconds from ``HH:MM:SS(.fff)``, ``MM:SS`` or plain seconds."""
+    try:
+        parts = [float(p) for p in str(text).split(":")]
+    except ValueError:
+        raise ValueError(f"a moment is HH:MM:SS, MM:SS or seconds, got {text!r}") from None
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+        raise ValueError(f"a moment is HH:MM:SS, MM:SS or seconds, got {text!r}")
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds

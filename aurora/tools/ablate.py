@@ -75,9 +75,13 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     grid = yaml.safe_load(p.read_text()) or {}
     if not isinstance(grid, dict):
         raise GridError(f"{path}: a grid is a mapping with base, overrides and axes")
-    unknown = set(grid) - {"base", "overrides", "axes", "description"}
+    unknown = set(grid) - {"base", "overrides", "axes", "description", "eval_leads"}
     if unknown:
-        raise GridError(f"{path}: unknown grid keys {sorted(unknown)}; known: axes, base, description, overrides")
+        raise GridError(f"{path}: unknown grid keys {sorted(unknown)}; known: axes, base, description, eval_leads, "
+                        "overrides")
+    leads = grid.get("eval_leads") or []
+    if not isinstance(leads, list) or not set(leads) <= {"question", "generic", "none"}:
+        raise GridError(f"{path}: eval_leads is a list of question, generic, none; got {leads!r}")
     if "base" not in grid:
         raise GridError(f"{path}: the grid needs a base recipe (base: recipes/demo.yaml)")
     axes = grid.get("axes") or []
@@ -100,7 +104,7 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     if len(set(names)) != len(names):
         raise GridError(f"{path}: repeated axis names {names}")
     return {"base": str(grid["base"]), "overrides": dict(grid.get("overrides") or {}), "axes": out,
-            "description": grid.get("description", "")}
+            "description": grid.get("description", ""), "eval_leads": [str(x) for x in leads]}
 
 
 def cells(grid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -128,9 +132,10 @@ def cell_config(grid: dict[str, Any], cell: dict[str, Any], cell_dir: Path) -> d
 # ------------------------------------------------------------------------------------------------ running
 
 
-def run_cell(cfg_path: Path, log=print) -> dict[str, Any]:
+def run_cell(cfg_path: Path, log=print, eval_leads: list[str] | None = None) -> dict[str, Any]:
     """Train one cell, then evaluate: loss and token accuracy on the validation split, answer accuracy (overall
-    and per category) by generation on the held-out test split."""
+    and per category) by generation on the held-out test split; for each of ``eval_leads`` the same test with that
+    lead read before the video (``generic`` / ``none``: what answering from one reused state gets)."""
     from aurora.train.lightning_cli import AuroraCLI
 
     cli = AuroraCLI(args=["--config", str(cfg_path)], run=False)
@@ -157,6 +162,14 @@ def run_cell(cfg_path: Path, log=print) -> dict[str, Any]:
                          if k.startswith("test/accuracy_")},
         "encoder_tokens_per_frame": vt_tokens,
     }
+    if eval_leads:
+        result["by_lead"] = {}
+        for lead in eval_leads:
+            dm.eval_lead = lead
+            (m,) = trainer.test(model, datamodule=dm, verbose=False)
+            result["by_lead"][lead] = {"accuracy": float(m["test/accuracy"]), "per_category": {
+                k.removeprefix("test/accuracy_"): float(v) for k, v in m.items() if k.startswith("test/accuracy_")}}
+        dm.eval_lead = None
     log(f"[ablate] {cfg_path.parent.name}: accuracy {result['accuracy']:.3f} (chance {result['chance']:.3f}), "
         f"val loss {result['val_loss']:.3f}, {result['train_steps']} steps in {train_s:.0f} s")
     return result
@@ -179,7 +192,7 @@ def run_grid(grid_path: str | Path, out: str | Path, log=print) -> list[dict[str
         cfg_path = cell_dir / "config.yaml"
         atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
         result = {"cell": cell["name"], "labels": cell["labels"], "settings": cell["settings"],
-                  **run_cell(cfg_path, log)}
+                  **run_cell(cfg_path, log, grid.get("eval_leads"))}
         write_json(result_path, result)
         rows.append(result)
     write_reports(grid, rows, out)
@@ -196,16 +209,26 @@ def _categories(rows: list[dict[str, Any]]) -> list[str]:
 def table_rows(grid: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     axes = [a["name"] for a in grid["axes"]]
     cats = _categories(rows)
-    head = [*axes, "accuracy", *[f"acc {c}" for c in cats], "chance", "val loss", "val token acc",
-            "train loss (last)", "steps", "train s"]
+    leads = list(dict.fromkeys(lead for r in rows for lead in r.get("by_lead", {})))
+    head = [*axes, "accuracy", *[f"acc {c}" for c in cats],
+            *[f"{lead} lead: {c}" for lead in leads for c in ("accuracy", *cats)], "chance", "val loss",
+            "val token acc", "train loss (last)", "steps", "train s"]
     body = []
     for r in rows:
+        by_lead = [f"{x:.3f}" for lead in leads for x in _lead_figures(r, lead, cats)]
         body.append([*[r["labels"][a] for a in axes], f"{r['accuracy']:.3f}",
-                     *[f"{r['per_category'].get(c, float('nan')):.3f}" for c in cats], f"{r['chance']:.3f}",
+                     *[f"{r['per_category'].get(c, float('nan')):.3f}" for c in cats], *by_lead, f"{r['chance']:.3f}",
                      f"{r['val_loss']:.3f}", f"{r['val_token_acc']:.3f}",
                      "-" if r["train_loss_last"] is None else f"{r['train_loss_last']:.3f}",
                      str(r["train_steps"]), f"{r['train_seconds']:.0f}"])
     return head, body
+
+
+def _lead_figures(row: dict[str, Any], lead: str, cats: list[str]) -> list[float]:
+    m = row.get("by_lead", {}).get(lead)
+    if m is None:
+        return [float("nan")] * (1 + len(cats))
+    return [m["accuracy"], *[m["per_category"].get(c, float("nan")) for c in cats]]
 
 
 def write_reports(grid: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:

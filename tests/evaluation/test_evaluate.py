@@ -425,3 +425,44 @@ def test_aurora_eval_end_to_end_from_a_two_step_fit(videos, tmp_path, monkeypatc
     assert set(log["group_subtasks"]["mvbench"]) == {"mvbench_action_sequence", "mvbench_episodic_reasoning",
                                                      "mvbench_fine_grained_action"}
     assert log["results"]["mvbench"]["accuracy,none"] == res["metrics"]["accuracy"]
+
+
+def test_loglik_choice_scores_each_option_from_one_state(videos, tmp_path):
+    """--choice loglik: each option letter's log-likelihood from one state after the question equals the
+    teacher-forced log-probabilities of reading prompt + option in one pass; evaluate() picks the most likely."""
+    from aurora.evaluation.run import AuroraPredictor
+
+    _demo_checkpoint(tmp_path / "m.ckpt")
+    pred = AuroraPredictor(tmp_path / "m.ckpt", frames=2, max_new_tokens=3)
+    video = str(videos / "mvbench/star/Charades_v1_480/ZS9XR.mp4")
+    options = ["a dog", "a cat", "a bird"]
+    frames = sample_frames(video, 2)
+    from aurora.data.video import to_pixels
+
+    pixels = to_pixels(frames, pred.image_size)[None]
+    prompt = pred.template.build_prompt(pred.tokenizer, "Which animal?")
+    conts = [pred.tokenizer.encode(pred.template.answer.format(answer=x)) for x in "ABC"]
+    scores = pred.model.score_continuations(pixels, torch.tensor([prompt]), conts)
+    for cont, got in zip(conts, scores):  # reference: one pass over prompt + continuation, no state reuse
+        model = pred.model
+        torch.set_grad_enabled(False)
+        video_emb, _ = model.encode_video(pixels)
+        embeds, _ = model.splice(torch.tensor([prompt + cont]), video_emb)
+        hidden, _ = model.rnn(embeds)
+        logp = torch.log_softmax(model.rnn.logits(hidden[0]).float(), -1)
+        start = embeds.shape[1] - len(cont) - 1
+        want = sum(float(logp[start + j, t]) for j, t in enumerate(cont))
+        torch.set_grad_enabled(True)
+        assert got == pytest.approx(want, abs=1e-4)
+    assert pred.choose(video, "Which animal?", options) == int(np.argmax(scores))
+    with pytest.raises(ValueError, match="empty continuation"):
+        pred.model.score_continuations(pixels, torch.tensor([prompt]), [[]])
+
+    bench = read_benchmark("mvbench", FIX / "mvbench/json", videos / "mvbench")
+    report = evaluate(bench, pred, choice="loglik", limit=3)
+    assert report.extraction and set(report.extraction) == {"loglik"}
+    assert all(r["prediction"] in "ABCDEFGH" for r in report.records)
+    with pytest.raises(ValueError, match="unknown choice"):
+        evaluate(bench, pred, choice="vote")
+    with pytest.raises(TypeError, match="choose"):
+        evaluate(bench, LookupPredictor({}), choice="loglik")
