@@ -45,6 +45,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
     },
     "convert": Command("aurora.tools.convert:convert_main", "a community checkpoint -> our backbone's safetensors"),
+    "parts": Command("aurora.tools.parts:parts_main", "every registered part (backbones, merges, ...) with its arguments"),
     "ablate": Command("aurora.tools.ablate:ablate_main", "a grid of training runs (resumable), with a table and plot"),
 }
 # the Lightning subcommands get their own name back as the first argument
