@@ -5,15 +5,27 @@ Each entry names the module and function that runs the command, imported only wh
 this module; every entry point takes the command's own arguments (``argv`` after the command words) and returns
 an exit code.
 
+Help: every ``--help`` goes through here, is printed as plain text (reST markup such as ``x`` and :func:`f`
+stripped from the docstrings it is built from) and is cached under ``~/.cache/aurora/help`` (``AURORA_CACHE``),
+keyed by the command line, the files it names, the package's source files and the versions of the libraries
+that build it: the Lightning commands' help needs the model classes, whose import (torch + lightning) takes
+10-20 s, so the first ``aurora fit --help`` is slow and later ones are instant. ``AURORA_HELP_CACHE=0`` turns
+the cache off.
+
 Flag style: the commands LightningCLI runs (``fit``, ``validate``, ``test``, ``predict``, ``pretrain-vision``)
 take Lightning's dotted underscore flags (``--trainer.max_steps``, ``--ckpt_path``); every other command takes
 dashed flags (``--max-new-tokens``).
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
 import importlib
+import io
+import os
 import sys
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 
@@ -48,6 +60,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     },
     "export": Command("aurora.infer.api:export_main", "a checkpoint -> safetensors + config.json + tokenizer + model card"),
     "convert": Command("aurora.tools.convert:convert_main", "a community checkpoint -> our backbone's safetensors"),
+    "parts": Command("aurora.tools.parts:parts_main", "every registered part (backbones, merges, ...) with its arguments"),
     "ablate": Command("aurora.tools.ablate:ablate_main", "a grid of training runs (resumable), with a table and plot"),
 }
 # the Lightning subcommands get their own name back as the first argument
@@ -57,6 +70,63 @@ _KEEP_NAME = {"fit", "validate", "test", "predict"}
 def _entry(target: str) -> Callable[[list[str]], int]:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def _wants_help(argv: list[str]) -> bool:
+    args = argv[: argv.index("--")] if "--" in argv else argv
+    return any(a in ("-h", "--help") for a in args)
+
+
+def _help_key(words: list[str]) -> str:
+    """What a help text depends on: the command line, the contents of files it names (a --config recipe), the
+    package's source files (sizes and times) and the libraries' versions."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    h = hashlib.sha256(repr((words, os.getcwd(), sys.version)).encode())
+    for w in words:
+        value = w.split("=", 1)[-1]
+        if os.path.isfile(value):
+            h.update(Path(value).read_bytes())
+    for pkg in ("aurora", "aurora.components", "aurora.data", "aurora.recipes"):
+        spec = find_spec(pkg)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for f in sorted(Path(folder).rglob("*")):
+                if f.suffix in (".py", ".yaml"):
+                    st = f.stat()
+                    h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for dist in ("lightning", "jsonargparse", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            h.update(f"{dist}={metadata.version(dist)}".encode())
+    return h.hexdigest()[:24]
+
+
+def _run_help(target: str, words: list[str], rest: list[str]) -> int:
+    """A command's ``--help``: from the cache when it is current, else run, stripped of reST, then cached."""
+    from aurora.registry import plain
+
+    use_cache = os.environ.get("AURORA_HELP_CACHE", "1") != "0"
+    cache = Path(os.environ.get("AURORA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "aurora") / "help" / f"{_help_key(words)}.txt"
+    if use_cache and cache.is_file():
+        print(cache.read_text(), end="")
+        return 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = _entry(target)(rest)
+        except SystemExit as e:
+            code = e.code
+    text = plain(out.getvalue())
+    print(text, end="")
+    code = code if isinstance(code, int) else (0 if code is None else 2)
+    if use_cache and code == 0 and text:
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(cache)
+    return code
 
 
 def _help(prog: str, table: dict[str, Command | dict[str, Command]]) -> str:
@@ -79,6 +149,7 @@ def _unknown(prog: str, word: str, table: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    words = list(argv)
     prog, table = "aurora", COMMANDS
     while True:
         if not argv or argv[0] in ("-h", "--help", "help"):
@@ -93,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if prog == "aurora" and word in _KEEP_NAME:
             rest = [word, *rest]
+        if _wants_help(rest):
+            return _run_help(cmd.target, words, rest)
         code = _entry(cmd.target)(rest)
         return int(code or 0)
 

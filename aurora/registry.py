@@ -10,10 +10,54 @@ effect.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
-from typing import Any, Callable, Generic, Mapping, TypeVar
+import inspect
+import re
+from typing import Any, Callable, Generic, Mapping, NamedTuple, TypeVar
 
 T = TypeVar("T")
+REQUIRED = inspect.Parameter.empty  # the default of an argument that has none
+
+
+class PartArgumentError(TypeError):
+    """A part built with an argument it does not take: the message names the part, the closest argument and every
+    argument it takes (Python's own ``__init__() got an unexpected keyword argument`` says none of that)."""
+
+
+class Argument(NamedTuple):
+    name: str
+    default: Any  # REQUIRED when the argument has none
+    annotation: str
+
+
+def _signature(obj: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+
+
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)\s*(?:<[^>]*>)?`")  # :func:`x`, :class:`~a.B`, :ref:`t <x>`
+
+
+def plain(text: str) -> str:
+    """reST markup (``x``, :func:`x`, :class:`~a.B`) stripped for a terminal: help texts and ``aurora parts``
+    are read as plain text, where the markup is noise."""
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def first_line(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, as plain text (empty when there is none)."""
+    para = []
+    for line in (doc or "").strip().splitlines():
+        if not line.strip():
+            break
+        para.append(line.strip())
+    text = plain(" ".join(para))
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
 
 
 class Registry(Generic[T]):
@@ -59,8 +103,41 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names()) or '(none)'}"
             ) from None
 
+    def arguments(self, name: str) -> list[Argument] | None:
+        """The arguments part ``name`` takes, with their defaults (None when it takes any keyword: ``**kwargs``)."""
+        sig = _signature(self.get(name))
+        if sig is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return None
+        return [
+            Argument(p.name, p.default, "" if p.annotation is p.empty else str(p.annotation).replace("typing.", ""))
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+
+    def summary(self, name: str) -> str:
+        """The first line of the part's docstring (its class's for a class)."""
+        return first_line(inspect.getdoc(self.get(name)))
+
+    def check(self, name: str, kwargs: Mapping[str, Any]) -> None:
+        """Raise :class:`PartArgumentError` for an argument that part ``name`` does not take, naming the closest
+        one and every one it takes."""
+        args = self.arguments(name)
+        if args is None:
+            return
+        takes = [a.name for a in args]
+        for key in kwargs:
+            if key not in takes:
+                close = difflib.get_close_matches(key, takes, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                obj = self.get(name)
+                raise PartArgumentError(
+                    f"{self.kind} {name!r} ({getattr(obj, '__qualname__', obj)}) takes no argument {key!r}{hint}; "
+                    f"it takes: {', '.join(takes) or '(none)'}"
+                )
+
     def build(self, spec: str | Mapping[str, Any], **extra: Any) -> T:
-        """Build from a name or a ``{name: ..., **kwargs}`` mapping; ``extra`` adds wiring arguments."""
+        """Build from a name or a ``{name: ..., **kwargs}`` mapping; ``extra`` adds wiring arguments. An argument
+        the part does not take is a :class:`PartArgumentError` naming the part and the closest argument."""
         if isinstance(spec, str):
             name, kwargs = spec, {}
         else:
@@ -70,6 +147,7 @@ class Registry(Generic[T]):
             name = kwargs.pop("name")
         factory = self.get(name)
         what = f"{self.kind} {name!r}"
+        self.check(name, {**kwargs, **extra})  # a name the part does not take: the closest one, and all it takes
         check_arguments(what, factory, kwargs)
         try:
             return factory(**kwargs, **extra)
@@ -107,3 +185,5 @@ MERGE: Registry = Registry("merge strategy", "merge strategies", home="aurora.co
 ORDER: Registry = Registry("token ordering", home="aurora.components.merge")
 PROJECTOR: Registry = Registry("projector", home="aurora.components.projector")
 RNN: Registry = Registry("rnn backbone", home="aurora.components.rnn")
+# every registry of parts a recipe names, by the recipe key that names it (``aurora parts`` lists them)
+PARTS: dict[str, Registry] = {"vision": VISION, "merge": MERGE, "order": ORDER, "projector": PROJECTOR, "rnn": RNN}

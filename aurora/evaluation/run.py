@@ -531,7 +531,7 @@ def format_report(summary: Mapping[str, Any]) -> str:
 def eval_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="aurora eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS.names())
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS.names(), help="which benchmark reader (aurora parts benchmark lists them)")
     parser.add_argument("--annotations", required=True, help="the benchmark's annotation file or folder")
     parser.add_argument("--videos", required=True, help="the folder holding the benchmark's videos")
     parser.add_argument("--ckpt", required=True, help="an Aurora Lightning checkpoint (e.g. runs/x/checkpoints/last.ckpt)")
@@ -543,8 +543,8 @@ def eval_main(argv: list[str]) -> int:
                         help="with --fps: at most this many frames (default: the recipe's data.max_frames)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first K questions")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (default: the model's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and activations dtype (default: %(default)s)")
     parser.add_argument("--choice", default="generate", choices=CHOICES,
                         help="multiple choice: read the option out of the generated text (generate), or pick the "
                              "most likely option letter scored from one state after the question (loglik)")

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length limit (default: the checkpoint's max_new_tokens, else 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the smallest set of tokens whose probability reaches this (1.0: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--stop", action="append", default=None,
                    help="stop string (repeatable; default: the template's, '\\n\\n'); --stop '' for none")
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="predictions JSONL (with --shards)")
     p.add_argument("--limit", type=int, default=None, help="with --shards: at most this many samples")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights and activations dtype (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the answer as a JSON record with details")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -375,12 +375,12 @@ def bench_rnn_main(argv: list[str]) -> int:
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated registered names (default: all registered)")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layer", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=256, help="the language model's width (default: %(default)s)")
+    p.add_argument("--n-layer", type=int, default=2, help="the language model's layers (default: %(default)s)")
     p.add_argument("--vocab", type=int, default=1024, help="vocabulary size (unused by the measurements)")
     p.add_argument("--lengths", type=_lengths, default=None,
                    help="comma-separated T (default: 1024,4096,16384 on CPU; 4096..131072 on CUDA)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (default: %(default)s)")
     p.add_argument("--piece", type=int, default=1024, help="piece size of the streamed prefill")
     p.add_argument("--steps", type=int, default=64, help="timed single-token steps")
     p.add_argument("--repeat", type=int, default=1, help="timed runs of each prefill (the fastest is kept)")

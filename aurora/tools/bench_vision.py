@@ -333,12 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aurora bench vision", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", type=_encoder_name, default="siglip", help="a VISION registry name: siglip, clip")
-    p.add_argument("--hidden-size", type=int, default=192)
+    p.add_argument("--hidden-size", type=int, default=192, help="the ViT's width (default: %(default)s)")
     p.add_argument("--layers", type=int, default=6, help="encoder layers (--feature-layer decides how many run)")
-    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--heads", type=int, default=3, help="the ViT's attention heads (default: %(default)s)")
     p.add_argument("--mlp", type=int, default=768, help="MLP (intermediate) width")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=224, help="frame side in pixels (default: %(default)s)")
+    p.add_argument("--patch-size", type=int, default=16, help="ViT patch side in pixels (default: %(default)s)")
     p.add_argument("--feature-layer", type=int, default=-2,
                    help="hidden_states index of the features (-2: the last layer dropped, as the paper)")
     p.add_argument("--merges", type=_merges, default=_merges(DEFAULT_MERGES),

@@ -8,18 +8,21 @@ from typing import Any
 
 from aurora.io import write_json
 from aurora.recipes import resolve
-from aurora.train.lightning_cli import AuroraCLI, VisionStageCLI
 
 
 def demo_main(argv: list[str]) -> int:
     """Train the demo in its two stages (the vision encoder on labelled frames, then the whole model on the video
     QA set with that encoder frozen), evaluate on held-out videos, and run the frame-order ablation."""
     parser = argparse.ArgumentParser(prog="aurora demo", description=demo_main.__doc__)
-    parser.add_argument("--config", default="recipes/demo.yaml")
+    parser.add_argument("--config", default="recipes/demo.yaml",
+                        help="the video recipe, run second (a file or a packaged recipe name such as 'demo'); "
+                        "other --SECTION.KEY=VALUE flags override it, --vision.SECTION.KEY=VALUE the vision stage's")
     parser.add_argument("--vision-config", default="recipes/demo_vision.yaml",
                         help="the vision stage, run first; 'none' skips it (the video recipe's init_from must exist)")
     parser.add_argument("--out", default=None, help="metrics directory (default: the trainer's default_root_dir)")
     args, overrides = parser.parse_known_args(argv)
+    from aurora.train.lightning_cli import AuroraCLI, VisionStageCLI  # imported once the arguments parse (--help stays quick)
+
     vision_overrides = [o for o in overrides if o.startswith("--vision.")]
     overrides = [o for o in overrides if not o.startswith("--vision.")]
     vision_stage: dict[str, Any] | None = None

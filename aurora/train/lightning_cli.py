@@ -23,7 +23,7 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         out = Path(trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / self.config_filename
+        path = out / record_name(self.config_filename, str(getattr(stage, "value", stage)))
         self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
         for logger in trainer.loggers:
             if hasattr(logger, "log_recipe"):  # aurora.train.tracking.MLFlowLogger: flattened params + the file
@@ -108,7 +108,56 @@ def architecture_diff(recipe: Any, hparams: dict[str, Any], keys: tuple[str, ...
     return out
 
 
-class AuroraCLI(SafeCheckpoints, LightningCLI):
+
+
+def record_name(filename: str, stage: str) -> str:
+    """``config.yaml`` for ``fit``, ``config.<stage>.yaml`` otherwise: ``aurora test --config RUN/config.yaml``
+    must not overwrite the training run's record (it would add ``ckpt_path``, ``verbose``... and a later
+    ``aurora predict --config`` on it would fail)."""
+    if stage == "fit":
+        return filename
+    stem, dot, ext = filename.rpartition(".")
+    return f"{stem}.{stage}.{ext}" if dot else f"{filename}.{stage}"
+
+
+def checkpoints_follow_root(config: Any) -> None:
+    """A ModelCheckpoint whose ``dirpath`` is the recipe's ``<recipe default_root_dir>/checkpoints`` follows a
+    changed ``trainer.default_root_dir``: ``--trainer.default_root_dir=runs/tiny`` puts the checkpoints in
+    runs/tiny/checkpoints, beside that run's config.yaml, not in the recipe's runs/demo/checkpoints."""
+    trainer = config.get("trainer") if hasattr(config, "get") else None
+    if trainer is None:
+        return
+    root = trainer.get("default_root_dir")
+    for cb in trainer.get("callbacks") or []:
+        cls = cb.get("class_path", "") if hasattr(cb, "get") else ""
+        args = cb.get("init_args") if cls.endswith("ModelCheckpoint") else None
+        if args is None or root is None:
+            continue
+        dirpath = args.get("dirpath")
+        if dirpath is None or Path(str(dirpath)).name == "checkpoints" and Path(str(dirpath)).parent != Path(root):
+            args["dirpath"] = str(Path(root) / "checkpoints")
+
+
+class _OwnArgv:
+    """LightningCLI warns ("args parameter is intended to run from within Python") when both ``args`` and
+    sys.argv are given; ``aurora`` passes the command's own arguments as ``args``, so sys.argv is hidden while
+    they are parsed."""
+
+    def parse_arguments(self, parser, args) -> None:
+        import sys
+
+        saved, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            super().parse_arguments(parser, args)
+        finally:
+            sys.argv = saved
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(self.subcommand) if self.subcommand else self.config
+        checkpoints_follow_root(cfg)
+
+
+class AuroraCLI(SafeCheckpoints, _OwnArgv, LightningCLI):
     """LightningCLI over :class:`AuroraModule` and :class:`AuroraDataModule` with our defaults: MLflow in a local
     sqlite store, a config.yaml per run that a re-run may overwrite, and weights-only checkpoints
     (:class:`SafeCheckpoints`)."""
@@ -135,7 +184,7 @@ def with_defaults(kwargs: dict[str, Any], experiment: str) -> dict[str, Any]:
     return kwargs
 
 
-class VisionStageCLI(SafeCheckpoints, LightningCLI):
+class VisionStageCLI(SafeCheckpoints, _OwnArgv, LightningCLI):
     """LightningCLI over :class:`aurora.train.vision_stage.VisionStage` and any LightningDataModule of labelled images
     (``data: {class_path: aurora.data.frames.SyntheticFrameData, ...}``), with :class:`AuroraCLI`'s defaults."""
 
@@ -146,6 +195,27 @@ class VisionStageCLI(SafeCheckpoints, LightningCLI):
 
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(VisionStage, L.LightningDataModule, *args, **with_defaults(kwargs, "aurora-vision"))
+
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+        """Its only subcommand is ``fit``, run as ``aurora pretrain-vision``: the help says so."""
+        super()._add_subcommands(parser, **kwargs)
+        parser._subcommands_action._name_parser_map["fit"].prog = "aurora pretrain-vision"
+
+
+def packaged_configs(argv: list[str]) -> list[str]:
+    """``--config demo`` (or ``-c demo``, ``--config=recipes/demo.yaml``) -> the packaged recipe's path, as
+    ``viz merge`` and ``ask`` already resolve it (:func:`aurora.recipes.resolve`); a missing recipe is one line."""
+    from aurora.recipes import resolve
+
+    out, it = [], iter(argv)
+    for a in it:
+        if a in ("--config", "-c"):
+            out += [a, resolve(next(it, ""))]
+        elif a.startswith("--config="):
+            out.append("--config=" + resolve(a.split("=", 1)[1]))
+        else:
+            out.append(a)
+    return out
 
 
 def clear_errors(command: str, run) -> int:
@@ -171,9 +241,9 @@ def clear_errors(command: str, run) -> int:
 
 def fit_main(argv: list[str]) -> int:
     """``aurora fit|validate|test|predict ...``: the Lightning subcommands over the video model."""
-    return clear_errors(argv[0] if argv else "fit", lambda: AuroraCLI(args=argv))
+    return clear_errors(argv[0] if argv else "fit", lambda: AuroraCLI(args=packaged_configs(argv)))
 
 
 def pretrain_vision_main(argv: list[str]) -> int:
     """``aurora pretrain-vision --config ...``: the demo's vision stage (the encoder on labelled frames)."""
-    return clear_errors("pretrain-vision", lambda: VisionStageCLI(args=["fit", *argv]))
+    return clear_errors("pretrain-vision", lambda: VisionStageCLI(args=["fit", *packaged_configs(argv)]))

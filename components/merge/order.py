@@ -77,12 +77,14 @@ def original(sizes: Tensor, protect_first: bool = True, generator: torch.Generat
 @ORDER.register("size_ascending")
 def size_ascending(sizes: Tensor, protect_first: bool = True, generator: torch.Generator | None = None,
                    position: Tensor | None = None, frames: Tensor | None = None) -> Tensor:
+    """Each frame's tokens from the smallest (fewest patches) to the largest: the paper's sorted merge."""
     return _sort(sizes.to(torch.float64), protect_first, position, frames)
 
 
 @ORDER.register("size_descending")
 def size_descending(sizes: Tensor, protect_first: bool = True, generator: torch.Generator | None = None,
                     position: Tensor | None = None, frames: Tensor | None = None) -> Tensor:
+    """Each frame's tokens from the largest to the smallest (the reverse of the paper's order, an ablation)."""
     return _sort(-sizes.to(torch.float64), protect_first, position, frames)
 
 

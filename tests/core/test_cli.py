@@ -89,3 +89,81 @@ def test_data_synthetic_command(tmp_path):
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 6, "val": 3, "test": 3}
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["manifest.json", "test-00000.tar",
                                                                    "train-00000.tar", "val-00000.tar"]
+
+
+def test_a_run_folder_holds_its_checkpoints_and_each_subcommand_keeps_its_own_record(tmp_path):
+    root = ["--trainer.default_root_dir=runs/tiny", "--model.init_from=null"]
+    r = aurora("fit", "--config", "demo", *TINY, *root, cwd=tmp_path)  # a packaged recipe by name
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "args parameter is intended" not in r.stderr
+    ckpt = tmp_path / "runs/tiny/checkpoints/last.ckpt"
+    assert ckpt.exists() and not (tmp_path / "runs/demo/checkpoints").exists()
+    record = (tmp_path / "runs/tiny/config.yaml").read_text()
+    r = aurora("test", "--config", tmp_path / "runs/tiny/config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "runs/tiny/config.yaml").read_text() == record  # the training record is untouched
+    assert "ckpt_path" in (tmp_path / "runs/tiny/config.test.yaml").read_text()
+
+
+def test_config_mistakes_are_one_line_and_exit_2(tmp_path):
+    r = aurora("fit", "--config", "demo", "--model.merge.keep_ration=0.2", "--model.init_from=null", *TINY,
+               cwd=tmp_path)
+    assert r.returncode == 2 and "did you mean 'keep_ratio'" in r.stderr and "Traceback" not in r.stderr
+    r = aurora("fit", "--config", "no-such-recipe", cwd=tmp_path)
+    assert r.returncode == 2 and "recipe not found: 'no-such-recipe'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pretrain_vision_help_names_itself(tmp_path):
+    r = aurora("pretrain-vision", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("usage: aurora pretrain-vision")
+
+
+ARGPARSE_COMMANDS = [["demo"], ["data", "synthetic"], ["data", "convert"], ["ask"], ["eval"], ["bench", "rnn"],
+                     ["bench", "memory"], ["bench", "vision"], ["viz", "merge"], ["convert"], ["ablate"], ["parts"]]
+
+
+@pytest.mark.parametrize("words", ARGPARSE_COMMANDS, ids=" ".join)
+def test_every_option_of_every_command_has_plain_help(words, monkeypatch, capsys):
+    import argparse
+
+    from aurora import cli
+
+    parsers = []
+    real = argparse.ArgumentParser.parse_known_args
+
+    def record(self, args=None, namespace=None):
+        parsers.append(self)
+        return real(self, args, namespace)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", record)
+    monkeypatch.setenv("AURORA_HELP_CACHE", "0")
+    assert cli.main([*words, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: aurora {' '.join(words)}")
+    assert not any(m in out for m in ("``", ":func:", ":class:", ":mod:", ":meth:"))
+    top = parsers[0]
+    bare = [a.option_strings or a.dest for a in top._actions if not (a.help and a.help.strip())]
+    assert not bare, f"options without help: {bare}"
+
+
+def test_help_is_cached_and_the_cache_follows_the_command_line(tmp_path, monkeypatch, capsys):
+    from aurora import cli
+
+    monkeypatch.setenv("AURORA_CACHE", str(tmp_path))
+    assert cli.main(["parts", "--help"]) == 0
+    first = capsys.readouterr().out
+    cached = list((tmp_path / "help").glob("*.txt"))
+    assert len(cached) == 1 and cached[0].read_text() == first
+    cached[0].write_text("from the cache\n")
+    assert cli.main(["parts", "--help"]) == 0 and capsys.readouterr().out == "from the cache\n"
+    assert cli.main(["parts", "rnn", "--help"]) == 0 and capsys.readouterr().out == first  # another key
+
+
+def test_top_level_help_lists_every_command_and_a_typo_gets_did_you_mean(capsys):
+    from aurora import cli
+
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in cli.COMMANDS) and "parts" in out
+    assert cli.main(["fitt"]) == 2 and "did you mean 'fit'" in capsys.readouterr().err
+    assert cli.main(["bench", "rn"]) == 2 and "did you mean 'rnn'" in capsys.readouterr().err

@@ -77,3 +77,32 @@ def test_warmup_cosine_schedule():
     assert all(f(s) >= f(s + 1) for s in range(10, 100))
     g = warmup_cosine(total_steps=None, warmup_ratio=0.1, min_ratio=0.1)
     assert g(0) == 1.0 and g(10_000) == 1.0
+
+
+def test_a_wrong_part_argument_names_the_part_the_closest_argument_and_all_it_takes():
+    from aurora.registry import MERGE, PartArgumentError
+
+    with pytest.raises(PartArgumentError) as e:
+        MERGE.build({"name": "tome", "keep_ration": 0.25})
+    msg = str(e.value)
+    assert "merge strategy 'tome'" in msg and "'keep_ration'" in msg and "did you mean 'keep_ratio'" in msg
+    assert "it takes: keep_ratio, r, schedule, order" in msg
+    reg = Registry("widget")
+    reg.register("any")(lambda **kw: kw)  # a part taking **kwargs is not checked
+    assert reg.build({"name": "any", "z": 1}) == {"z": 1}
+
+
+def test_registry_lists_arguments_defaults_and_plain_summaries():
+    from aurora.registry import REQUIRED, plain
+
+    reg = Registry("widget")
+
+    @reg.register("a")
+    def make_a(size, ratio=0.5):
+        """Makes an ``a`` via :func:`~pkg.mod.build`.
+
+        More words."""
+
+    assert [(a.name, a.default) for a in reg.arguments("a")] == [("size", REQUIRED), ("ratio", 0.5)]
+    assert reg.summary("a") == "Makes an a via build."
+    assert plain("see :class:`aurora.model.AuroraModel` and ``x``") == "see aurora.model.AuroraModel and x"
