@@ -28,10 +28,11 @@ def check_sizes(**sizes: Any) -> None:
     """Refuse at start-up the sizes that would only fail (or silently do nothing) mid-run: each must be a
     positive whole number (``None`` allowed for ``max_tokens``: no cap)."""
     for name, value in sizes.items():
-        if value is None and name == "max_tokens":
+        if value is None and name in ("max_tokens", "num_frames"):  # no cap; num_frames: fps sampling instead
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"data.{name} must be a positive whole number, got {value!r}")
+
 
 class _PassLoader(DataLoader):
     """A DataLoader that calls ``on_iter(dataset)`` when a pass starts: the epoch and resume position are set on
@@ -109,13 +110,13 @@ class AuroraDataModule(L.LightningDataModule):
         max_video_frames: int | None = DEFAULT_MAX_FRAMES,
     ) -> None:
         super().__init__()
+        check_sizes(num_frames=num_frames, image_size=image_size, batch_size=batch_size, max_tokens=max_tokens)
         check_sampling(num_frames, fps, max_frames, max_pixels, max_video_frames)
         if fps is not None and max(batch_size, eval_batch_size or batch_size) > 1:
             raise ValueError("fps sampling gives every video its own frame count: use batch_size 1 (and "
                              "eval_batch_size 1), or num_frames")
         if data_dir is None and train_shards is None and test_shards is None:
             raise ValueError("give data_dir or train_shards / val_shards / test_shards")
-        check_sizes(num_frames=num_frames, image_size=image_size, batch_size=batch_size, max_tokens=max_tokens)
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"unknown frame_order {frame_order!r}; known: {', '.join(FRAME_ORDERS)}")
         if overlong not in OVERLONG:

@@ -39,22 +39,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise disk_full_error(e, path) from e
 
 
-def disk_full_error(e: BaseException, path: Path) -> BaseException:
-    """``e`` as "no space left on device" naming ``path`` when the disk is full (torch.save says only
-    ``basic_ios::clear: iostream error``); other errors unchanged."""
-    import errno
-    import shutil
-
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or (free is not None and free < 2**20):
-        return OSError(errno.ENOSPC, f"no space left on device while writing checkpoint {path} "
-                                     f"({'unknown' if free is None else free} bytes free)")
-    return e
-
-
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Every checkpoint, local or remote, is read weights-only, whatever the caller asks: Lightning reads
         URLs with ``weights_only=False`` by default, so ``--ckpt_path http://...`` holding a pickle would run
@@ -71,6 +55,22 @@ def disk_full_error(e: BaseException, path: Path) -> BaseException:
         except Exception as e:  # UnpicklingError (a pickle weights_only refuses), zip / EOF errors, HTTP errors
             raise CheckpointError(f"cannot read checkpoint {path} weights-only ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def disk_full_error(e: BaseException, path: Path) -> BaseException:
+    """``e`` as "no space left on device" naming ``path`` when the disk is full (torch.save says only
+    ``basic_ios::clear: iostream error``); other errors unchanged."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or (free is not None and free < 2**20):
+        return OSError(errno.ENOSPC, f"no space left on device while writing checkpoint {path} "
+                                     f"({'unknown' if free is None else free} bytes free)")
+    return e
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

@@ -207,12 +207,22 @@ def packaged_configs(argv: list[str]) -> list[str]:
     ``viz merge`` and ``ask`` already resolve it (:func:`aurora.recipes.resolve`); a missing recipe is one line."""
     from aurora.recipes import resolve
 
+    def checked(name: str) -> str:
+        import yaml
+
+        path = resolve(name)
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as e:  # named here: jsonargparse's message does not say which file
+            raise ValueError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())}") from e
+        return path
+
     out, it = [], iter(argv)
     for a in it:
         if a in ("--config", "-c"):
-            out += [a, resolve(next(it, ""))]
+            out += [a, checked(next(it, ""))]
         elif a.startswith("--config="):
-            out.append("--config=" + resolve(a.split("=", 1)[1]))
+            out.append("--config=" + checked(a.split("=", 1)[1]))
         else:
             out.append(a)
     return out
