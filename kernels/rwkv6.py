@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aurora.kernels.chunking import dyadic_intra, group_chunks, pow2_at_least
+
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
 
@@ -93,37 +95,36 @@ def wkv6_chunked(
     bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, T, H, V)
 
     # Pad T to whole chunks: padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is).
-    L = min(chunk_size, t)
+    L = pow2_at_least(min(chunk_size, t))
     nc = -(-t // L)
     pad = nc * L - t
     if pad:
         r, k, v, w = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (r, k, v, w))
 
-    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D)
-        return x.view(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
+    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D), contiguous (one linear copy)
+        return x.view(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
 
     rc, kc, vc, wc = chunks(r), chunks(k), chunks(v), chunks(w)
-    c = wc.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
-    c_prev = c - wc  # c_{t-1}: accumulated before token t
-    c_last = c[:, :, :, -1:, :]  # c_L, (B, H, NC, 1, N)
-
-    # Intra-chunk: A[t, s] = sum_n r_t[n] k_s[n] exp(c_{t-1}[n] - c_s[n]) for s < t (exponent <= 0).
-    # Only the L(L-1)/2 causal pairs are formed (no masking of overflowing upper-triangle exponents needed).
-    ti, si = torch.tril_indices(L, L, -1, device=r.device)
-    pair = (c_prev[..., ti, :] - c[..., si, :]).exp() * kc[..., si, :]  # (B, H, NC, P, N)
-    scores = (pair * rc[..., ti, :]).sum(-1)  # (B, H, NC, P)
-    a = scores.new_zeros(b, h, nc, L * L).index_copy(-1, ti * L + si, scores).view(b, h, nc, L, L)
-    y = a @ vc  # (B, H, NC, L, V)
-
-    # What each chunk adds to the state, and how much of the incoming state survives it.
-    chunk_kv = ((c_last - c).exp() * kc).transpose(-1, -2) @ vc  # (B, H, NC, N, V)
-    chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, NC, N, 1)
-    incoming = []
-    for i in range(nc):  # the only sequential part: one cheap update per chunk
-        incoming.append(s)
-        s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
-    s_in = torch.stack(incoming, 2)  # (B, H, NC, N, V): state entering each chunk
-    y = y + (rc * c_prev.exp()) @ s_in
+    out = []  # one (B, H, G, L, V) slice per pass; temporaries stay bounded by the group size
+    group = group_chunks(b, h, L)
+    for g0 in range(0, nc, group):
+        g1 = min(nc, g0 + group)
+        rg, kg, vg, wg = rc[:, :, g0:g1], kc[:, :, g0:g1], vc[:, :, g0:g1], wc[:, :, g0:g1]
+        c = wg.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
+        c_prev = c - wg  # c_{t-1}: accumulated before token t
+        c_last = c[:, :, :, -1:, :]  # c_L, (B, H, G, 1, N)
+        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
+        y = dyadic_intra(rg, c_prev, kg, c, vg) if L > 1 else vg.new_zeros(vg.shape)
+        # What each chunk adds to the state, and how much of the incoming state survives it.
+        chunk_kv = ((c_last - c).exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
+        chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, G, N, 1)
+        incoming = []
+        for i in range(g1 - g0):  # the only sequential part: one cheap update per chunk
+            incoming.append(s)
+            s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
+        s_in = torch.stack(incoming, 2)  # (B, H, G, N, V): state entering each chunk
+        out.append(y + (rg * c_prev.exp()) @ s_in)
+    y = out[0] if len(out) == 1 else torch.cat(out, 2)  # (B, H, NC, L, V): one linear copy
 
     o = y.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t] + bonus
     if scale != 1.0:
