@@ -90,45 +90,37 @@ def wkv6_chunked(
     s = r.new_zeros(b, h, n, dv) if state is None else state.to(ct)
     if t == 0:
         return r.new_zeros(b, 0, h, dv).to(out_dtype), s
-
-    # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
-    bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, T, H, V)
-
-    # Pad T to whole chunks: padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is).
     L = pow2_at_least(min(chunk_size, t))
-    nc = -(-t // L)
-    pad = nc * L - t
-    if pad:
-        r, k, v, w = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (r, k, v, w))
-
-    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D), contiguous (one linear copy)
-        return x.view(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
-
-    rc, kc, vc, wc = chunks(r), chunks(k), chunks(v), chunks(w)
-    out = []  # one (B, H, G, L, V) slice per pass; temporaries stay bounded by the group size
     group = group_chunks(b, h, L)
-    for g0 in range(0, nc, group):
-        g1 = min(nc, g0 + group)
-        rg, kg, vg, wg = rc[:, :, g0:g1], kc[:, :, g0:g1], vc[:, :, g0:g1], wc[:, :, g0:g1]
+    # Preallocated output, filled one group of chunks at a time: no temporary scales with T.
+    o = r.new_empty(b, t, h, dv)
+    for t0 in range(0, t, group * L):
+        t1 = min(t, t0 + group * L)
+        rg, kg, vg, wg = (x[:, t0:t1] for x in (r, k, v, w))
+        # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
+        bonus = (rg * u * kg).sum(-1, keepdim=True) * vg  # (B, Tg, H, V)
+        ng = -(-(t1 - t0) // L)
+        pad = ng * L - (t1 - t0)
+        if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
+            rg, kg, vg, wg = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (rg, kg, vg, wg))
+        # (B, Tg, H, D) -> (B, H, G, L, D)
+        rg, kg, vg, wg = (x.reshape(b, ng, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (rg, kg, vg, wg))
         c = wg.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
         c_prev = c - wg  # c_{t-1}: accumulated before token t
         c_last = c[:, :, :, -1:, :]  # c_L, (B, H, G, 1, N)
         # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
-        y = dyadic_intra(rg, c_prev, kg, c, vg) if L > 1 else vg.new_zeros(vg.shape)
+        y = dyadic_intra(rg, c_prev, kg, c, vg) if L > 1 else None
         # What each chunk adds to the state, and how much of the incoming state survives it.
         chunk_kv = ((c_last - c).exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
         chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, G, N, 1)
         incoming = []
-        for i in range(g1 - g0):  # the only sequential part: one cheap update per chunk
+        for i in range(ng):  # the only sequential part: one cheap update per chunk
             incoming.append(s)
             s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
-        s_in = torch.stack(incoming, 2)  # (B, H, G, N, V): state entering each chunk
-        out.append(y + (rg * c_prev.exp()) @ s_in)
-    y = out[0] if len(out) == 1 else torch.cat(out, 2)  # (B, H, NC, L, V): one linear copy
-
-    o = y.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t] + bonus
-    if scale != 1.0:
-        o = o * scale
+        inter = (rg * c_prev.exp()) @ torch.stack(incoming, 2)  # from the state entering each chunk
+        y = inter if y is None else y + inter
+        y = y.permute(0, 2, 3, 1, 4).reshape(b, ng * L, h, dv)[:, :t1 - t0] + bonus
+        o[:, t0:t1] = y * scale if scale != 1.0 else y
     return o.to(out_dtype), s
 
 
