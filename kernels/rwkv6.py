@@ -109,9 +109,11 @@ def wkv6_chunked(
         c_prev = c - wg  # c_{t-1}: accumulated before token t
         c_last = c[:, :, :, -1:, :]  # c_L, (B, H, G, 1, N)
         # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
-        y = dyadic_intra(rg, c_prev, kg, c, vg) if L > 1 else None
+        y = dyadic_intra(rg, kg, vg, wg, inclusive=False) if L > 1 else None
         # What each chunk adds to the state, and how much of the incoming state survives it.
-        chunk_kv = ((c_last - c).exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
+        # w_{s+1} + ... + w_L, summed directly (not c_L - c_s, which loses |c| * 1e-7 of the exponent in fp32)
+        rest = F.pad(wg.flip(3).cumsum(3).flip(3)[..., 1:, :], (0, 0, 0, 1))
+        chunk_kv = (rest.exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
         chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, G, N, 1)
         incoming = []
         for i in range(ng):  # the only sequential part: one cheap update per chunk
