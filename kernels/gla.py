@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aurora.kernels.chunking import dyadic_intra, group_chunks, pow2_at_least
+
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
 
@@ -86,44 +88,37 @@ def gla_chunked(
     if t == 0:
         return q.new_zeros(b, 0, h, dv).to(out_dtype), s
 
-    # Pad T to whole chunks: padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is).
-    L = min(chunk_size, t)
-    nc = -(-t // L)
-    pad = nc * L - t
-    if pad:
-        q, k, v, g = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
-
-    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D)
-        return x.view(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
-
-    qc, kc, vc, gc = chunks(q), chunks(k), chunks(v), chunks(g)
-    # All log decays are <= 0, so sums of them are well conditioned but differences of two long sums are not
-    # (fp32 loses |c| * 1e-7 of the exponent). Every decay factor is therefore built as a direct segment sum.
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    strict = causal.tril(-1)
-    # seg[t, s] = g_{s+1} + ... + g_t for s < t (0 on and above the diagonal): a cumsum over t of g_t [s < t].
-    seg = (gc[..., :, None, :] * strict[:, :, None]).cumsum(3)  # (B, H, NC, L, L, K)
-    c = gc.cumsum(3)  # g_1 + ... + g_t (inclusive, from the chunk start)
-    rest = gc.flip(3).cumsum(3).flip(3)[..., 1:, :]  # g_{s+1} + ... + g_L for s < L
-    rest = F.pad(rest, (0, 0, 0, 1))  # ... and 0 for s = L
-
-    # Intra-chunk: A[t, s] = sum_n q_t[n] k_s[n] exp(seg[t, s, n]) for s <= t (every exponent <= 0).
-    decayed_k = seg.exp() * kc[..., None, :, :]  # (B, H, NC, L, L, K): k_s as seen from token t
-    a = (decayed_k @ qc[..., None]).squeeze(-1) * causal  # (B, H, NC, L, L)
-    y = a @ vc  # (B, H, NC, L, V)
-
-    # What each chunk adds to the state, and how much of the incoming state survives it.
-    chunk_kv = (rest.exp() * kc).transpose(-1, -2) @ vc  # (B, H, NC, K, V)
-    chunk_decay = c[:, :, :, -1].exp().unsqueeze(-1)  # (B, H, NC, K, 1)
-    incoming = []
-    for i in range(nc):  # the only sequential part: one cheap update per chunk
-        incoming.append(s)
-        s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
-    s_in = torch.stack(incoming, 2)  # (B, H, NC, K, V): state entering each chunk
-    y = y + (qc * c.exp()) @ s_in
-
-    o = y.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t]
-    return (o * scale).to(out_dtype), s
+    L = pow2_at_least(min(chunk_size, t))
+    group = group_chunks(b, h, L)
+    # Preallocated output, filled one group of chunks at a time: no temporary scales with T.
+    o = q.new_empty(b, t, h, dv)
+    for t0 in range(0, t, group * L):
+        t1 = min(t, t0 + group * L)
+        qg, kg, vg, gg = (x[:, t0:t1] for x in (q, k, v, g))
+        diag = (qg * kg).sum(-1, keepdim=True) * vg  # the current token: (q_t · k_t) v_t, decay exp(0)
+        ng = -(-(t1 - t0) // L)
+        pad = ng * L - (t1 - t0)
+        if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
+            qg, kg, vg, gg = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (qg, kg, vg, gg))
+        # (B, Tg, H, D) -> (B, H, G, L, D)
+        qg, kg, vg, gg = (x.reshape(b, ng, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (qg, kg, vg, gg))
+        c = gg.cumsum(3)  # g_1 + ... + g_t (inclusive, from the chunk start)
+        # g_{s+1} + ... + g_L, summed directly (not c_L - c_s, which loses |c| * 1e-7 of the exponent in fp32)
+        rest = F.pad(gg.flip(3).cumsum(3).flip(3)[..., 1:, :], (0, 0, 0, 1))
+        # Intra-chunk, s < t: (q_t · k_s exp(c_t - c_s)) v_s, every exponent <= 0 (dyadic products).
+        y = dyadic_intra(qg, kg, vg, gg, inclusive=True) if L > 1 else None
+        # What each chunk adds to the state, and how much of the incoming state survives it.
+        chunk_kv = (rest.exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, K, V)
+        chunk_decay = c[:, :, :, -1].exp().unsqueeze(-1)  # (B, H, G, K, 1)
+        incoming = []
+        for i in range(ng):  # the only sequential part: one cheap update per chunk
+            incoming.append(s)
+            s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
+        inter = (qg * c.exp()) @ torch.stack(incoming, 2)  # from the state entering each chunk
+        y = inter if y is None else y + inter
+        y = y.permute(0, 2, 3, 1, 4).reshape(b, ng * L, h, dv)[:, :t1 - t0] + diag
+        o[:, t0:t1] = y * scale
+    return o.to(out_dtype), s
 
 
 def gla(

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aurora.kernels.chunking import dyadic_intra, group_chunks, pow2_at_least
+
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
 
@@ -88,46 +90,39 @@ def wkv6_chunked(
     s = r.new_zeros(b, h, n, dv) if state is None else state.to(ct)
     if t == 0:
         return r.new_zeros(b, 0, h, dv).to(out_dtype), s
-
-    # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
-    bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, T, H, V)
-
-    # Pad T to whole chunks: padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is).
-    L = min(chunk_size, t)
-    nc = -(-t // L)
-    pad = nc * L - t
-    if pad:
-        r, k, v, w = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (r, k, v, w))
-
-    def chunks(x: Tensor) -> Tensor:  # (B, T, H, D) -> (B, H, NC, L, D)
-        return x.view(b, nc, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
-
-    rc, kc, vc, wc = chunks(r), chunks(k), chunks(v), chunks(w)
-    c = wc.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
-    c_prev = c - wc  # c_{t-1}: accumulated before token t
-    c_last = c[:, :, :, -1:, :]  # c_L, (B, H, NC, 1, N)
-
-    # Intra-chunk: A[t, s] = sum_n r_t[n] k_s[n] exp(c_{t-1}[n] - c_s[n]) for s < t (exponent <= 0).
-    # Only the L(L-1)/2 causal pairs are formed (no masking of overflowing upper-triangle exponents needed).
-    ti, si = torch.tril_indices(L, L, -1, device=r.device)
-    pair = (c_prev[..., ti, :] - c[..., si, :]).exp() * kc[..., si, :]  # (B, H, NC, P, N)
-    scores = (pair * rc[..., ti, :]).sum(-1)  # (B, H, NC, P)
-    a = scores.new_zeros(b, h, nc, L * L).index_copy(-1, ti * L + si, scores).view(b, h, nc, L, L)
-    y = a @ vc  # (B, H, NC, L, V)
-
-    # What each chunk adds to the state, and how much of the incoming state survives it.
-    chunk_kv = ((c_last - c).exp() * kc).transpose(-1, -2) @ vc  # (B, H, NC, N, V)
-    chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, NC, N, 1)
-    incoming = []
-    for i in range(nc):  # the only sequential part: one cheap update per chunk
-        incoming.append(s)
-        s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
-    s_in = torch.stack(incoming, 2)  # (B, H, NC, N, V): state entering each chunk
-    y = y + (rc * c_prev.exp()) @ s_in
-
-    o = y.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t] + bonus
-    if scale != 1.0:
-        o = o * scale
+    L = pow2_at_least(min(chunk_size, t))
+    group = group_chunks(b, h, L)
+    # Preallocated output, filled one group of chunks at a time: no temporary scales with T.
+    o = r.new_empty(b, t, h, dv)
+    for t0 in range(0, t, group * L):
+        t1 = min(t, t0 + group * L)
+        rg, kg, vg, wg = (x[:, t0:t1] for x in (r, k, v, w))
+        # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
+        bonus = (rg * u * kg).sum(-1, keepdim=True) * vg  # (B, Tg, H, V)
+        ng = -(-(t1 - t0) // L)
+        pad = ng * L - (t1 - t0)
+        if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
+            rg, kg, vg, wg = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (rg, kg, vg, wg))
+        # (B, Tg, H, D) -> (B, H, G, L, D)
+        rg, kg, vg, wg = (x.reshape(b, ng, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (rg, kg, vg, wg))
+        c = wg.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
+        c_prev = c - wg  # c_{t-1}: accumulated before token t
+        c_last = c[:, :, :, -1:, :]  # c_L, (B, H, G, 1, N)
+        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
+        y = dyadic_intra(rg, kg, vg, wg, inclusive=False) if L > 1 else None
+        # What each chunk adds to the state, and how much of the incoming state survives it.
+        # w_{s+1} + ... + w_L, summed directly (not c_L - c_s, which loses |c| * 1e-7 of the exponent in fp32)
+        rest = F.pad(wg.flip(3).cumsum(3).flip(3)[..., 1:, :], (0, 0, 0, 1))
+        chunk_kv = (rest.exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
+        chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, G, N, 1)
+        incoming = []
+        for i in range(ng):  # the only sequential part: one cheap update per chunk
+            incoming.append(s)
+            s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
+        inter = (rg * c_prev.exp()) @ torch.stack(incoming, 2)  # from the state entering each chunk
+        y = inter if y is None else y + inter
+        y = y.permute(0, 2, 3, 1, 4).reshape(b, ng * L, h, dv)[:, :t1 - t0] + bonus
+        o[:, t0:t1] = y * scale if scale != 1.0 else y
     return o.to(out_dtype), s
 
 

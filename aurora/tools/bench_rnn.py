@@ -396,7 +396,10 @@ def bench_rnn_main(argv: list[str]) -> int:
                    help='JSON of extra constructor arguments per backbone, e.g. \'{"mamba2": {"d_state": 64}}\'')
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
+    _add_peer_arguments(p)
     args = parser.parse_args(argv)
+    if args.peers:
+        return peers_main(args)
     if min(args.d_model, args.n_layer, args.batch, args.piece, args.steps, args.repeat) < 1:
         parser.error("--d-model, --n-layer, --batch, --piece, --steps and --repeat must be >= 1")
     records = run_bench(args, log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -413,6 +416,36 @@ def bench_rnn_main(argv: list[str]) -> int:
               f"streamed peak memory flat in T: {'not measured' if flat is None else ('yes' if flat else 'NO')} "
               f"({', '.join(f'T={t}: {m:.1f} MiB' for t, m in tg['streamed_mem'])})")
     write_outputs(args, records, records, write_plot)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ --peers
+
+
+def _add_peer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peers", action="store_true",
+                   help="instead: ours against peer implementations side by side in one process "
+                        "(aurora.tools.bench_peers); uses --backbones (pairs), --d-model, --n-layer, --vocab, "
+                        "--repeat, --json, --plot")
+    p.add_argument("--peer-lengths", type=_lengths, default=[1024, 4096],
+                   help="T of the peer comparison (default 1024,4096; add 16384 for the long point)")
+    p.add_argument("--peer-threads", type=_lengths, default=[1, 2], help="thread counts (default 1,2)")
+    p.add_argument("--peer-steps", type=int, default=16, help="decode tokens timed for the transformer pair")
+
+
+def peers_main(args: argparse.Namespace) -> int:
+    from aurora.tools.bench_peers import PEERS, format_peers, run_peers, write_peers_plot
+
+    names = args.backbones or list(PEERS)
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SystemExit(f"aurora bench rnn --peers: no peer pair for {', '.join(unknown)}; pairs: {', '.join(PEERS)}")
+    payload = run_peers(names, args.peer_lengths, args.peer_threads, args.d_model, args.n_layer, args.vocab,
+                        max(args.repeat, 3), args.peer_steps, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"peers: d_model {args.d_model}, {args.n_layer} layers, batch 1, fp32, median of {max(args.repeat, 3)} "
+          f"interleaved runs, torch {payload['torch']}")
+    print(format_peers(payload))
+    write_outputs(args, payload, payload, write_peers_plot)
     return 0
 
 

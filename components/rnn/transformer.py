@@ -7,7 +7,9 @@ MLP ``down(silu(gate(x)) * up(x))``. A final RMSNorm and the LM head (optionally
 
 State per layer: the key/value cache ``(k, v)``, each ``(B, n_kv_head, T_so_far, head_dim)`` with RoPE already
 applied to ``k``. It grows with every token read: the memory cost the linear RNNs avoid, which is what this baseline
-is here to show. New tokens take the positions after the cached ones, so feeding a sequence in pieces (passing the
+is here to show. Each cache is a view into a preallocated buffer that doubles when full (:func:`append_to_cache`),
+so decoding appends in place (amortised constant work per token, as transformers' static cache) instead of
+copying the whole cache per token. New tokens take the positions after the cached ones, so feeding a sequence in pieces (passing the
 cache along) equals feeding it at once.
 
 Parameter names are transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` names without the ``model.`` prefix
@@ -118,6 +120,34 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, **gqa)
 
 
+# Preallocated key/value caches. A layer's cache tensor is a view of the first ``n`` positions of a buffer with room
+# for more (capacity doubling), so appending a token writes it in place instead of copying the whole cache
+# (``torch.cat`` per token made decode quadratic in context). The buffer remembers how far it has been written
+# (an attribute on the buffer tensor):
+# only a cache that ends exactly there is extended in place; appending to an older cache (branching from an
+# earlier state) copies it into a new buffer first, so every state handed out keeps its values (states stay
+# values, as for the RNNs). Under autograd the plain concatenation is used (in-place writes would break it).
+MIN_CACHE_CAPACITY = 256
+
+
+def append_to_cache(past: Tensor, new: Tensor) -> Tensor:
+    """``torch.cat([past, new], 2)`` for (B, Hkv, S, D) caches, in amortised O(len(new)) time and memory."""
+    if torch.is_grad_enabled() and (past.requires_grad or new.requires_grad):
+        return torch.cat([past.to(new.dtype), new], 2)
+    n, t = past.shape[2], new.shape[2]
+    base = past._base
+    if (base is not None and base.dtype == new.dtype and base.device == new.device and getattr(base, "_aurora_filled", None) == n
+            and base.shape[2] >= n + t and base.shape[:2] == past.shape[:2]):
+        base[:, :, n:n + t].copy_(new)
+    else:
+        cap = max(MIN_CACHE_CAPACITY, 2 * (n + t))
+        base = new.new_empty(*new.shape[:2], cap, new.shape[3])
+        base[:, :, :n].copy_(past)
+        base[:, :, n:n + t].copy_(new)
+    base._aurora_filled = n + t  # on the buffer's Python object, which every view's ._base returns
+    return base[:, :, :n + t]
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_head: int, n_kv_head: int, head_dim: int, qkv_bias: bool, o_bias: bool):
         super().__init__()
@@ -134,8 +164,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past is not None:
-            k = torch.cat([past[0].to(k.dtype), k], 2)
-            v = torch.cat([past[1].to(v.dtype), v], 2)
+            k, v = append_to_cache(past[0], k), append_to_cache(past[1], v)
         y = causal_attention(q, k, v, backend)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)), (k, v)
 

@@ -163,3 +163,28 @@ def test_bad_input_is_named(name):
         m(torch.zeros(3, D, dtype=torch.float64))
     with pytest.raises(ValueError, match="state has 1 layers, the model 2"):
         m(torch.zeros(1, 3, D, dtype=torch.float64), m.init_state(1, dtype=torch.float64)[:1])
+
+
+@pytest.mark.parametrize("name", [n for n in RNN.names() if getattr(RNN.get(n), "prefill_piece", None)])
+def test_long_prefill_in_pieces_equals_one_shot_and_keeps_autograd_whole(name):
+    """Backbones with ``prefill_piece`` run a long no-grad prefill piece by piece (bounded activations); the result
+    and the state equal the one-shot pass, and with autograd on the one-shot path (one graph) is kept."""
+    model = tiny(name)
+    x = torch.randn(2, 37, model.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    model.prefill_piece = None
+    with torch.no_grad():
+        want, want_state = model(x)
+    model.prefill_piece = 8  # 37 tokens: four whole pieces and a short one
+    calls = []
+    orig = model._run_blocks_once
+    model._run_blocks_once = lambda *a: calls.append(a[1].shape[1]) or orig(*a)
+    with torch.no_grad():
+        got, got_state = model(x)
+    assert calls == [8, 8, 8, 8, 5]
+    assert close(got, want, spec(name).rtol)
+    flat = lambda s: [t for layer in s for t in (layer if isinstance(layer, (tuple, list)) else [layer])  # noqa: E731
+                      if isinstance(t, torch.Tensor)]
+    assert all(close(a, b, spec(name).rtol) for a, b in zip(flat(got_state), flat(want_state)))
+    calls.clear()
+    model(x)[0].sum().backward()  # autograd on: one shot
+    assert calls == [37]

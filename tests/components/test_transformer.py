@@ -258,3 +258,25 @@ def test_save_hf_checkpoint_round_trips_and_loads_in_transformers(tmp_path, kind
         assert (back.lm_head.weight is back.embed_tokens.weight) == (kind == "qwen2-tied")
     with pytest.raises(ValueError, match="neither Llama nor Qwen2 has qkv_bias=False with o_bias=True"):
         save_hf_checkpoint(tiny(qkv_bias=False, o_bias=True), tmp_path / "bad")
+
+
+@torch.no_grad()
+def test_the_cache_grows_in_place_and_older_states_keep_their_values():
+    """Decoding appends into a preallocated buffer (no copy of the whole cache per token), while a state handed
+    out earlier still holds its own values when another continuation is fed from it (branching copies)."""
+    torch.manual_seed(0)
+    model = Transformer(vocab_size=32, d_model=32, n_layer=2, n_head=2, n_kv_head=1, d_ffn=48).eval()
+    x = torch.randn(1, 12, 32)
+    _, s8 = model(x[:, :8])
+    _, s9 = model(x[:, 8:9], s8)
+    _, s10 = model(x[:, 9:10], s9)
+    k8, k9, k10 = s8[0][0], s9[0][0], s10[0][0]
+    assert k9.data_ptr() == k10.data_ptr()  # one buffer (the first append copies the prefill's), written in place
+    assert k8.shape[2] == 8 and k9.shape[2] == 9 and k10.shape[2] == 10
+    before = [t.clone() for layer in s9 for t in layer]
+    y_a, _ = model(x[:, 10:12], s9)  # branch from s9 (s10 already extended its buffer): must copy, not overwrite
+    assert [t.data_ptr() for t in _[0]] != [t.data_ptr() for t in s9[0]]
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for layer in s9 for t in layer]))
+    assert torch.equal(s10[0][0][:, :, 9], k10[:, :, 9])
+    y_b, _ = model(x[:, 10:12], [tuple(t.clone() for t in layer) for layer in s9])  # a plain-tensor cache
+    assert torch.allclose(y_a, y_b, atol=1e-6)
