@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from aurora.tools.measure import ru_maxrss_bytes, rss_bytes, write_outputs
+from aurora.tools.measure import ru_maxrss_bytes, rss_bytes, run_worker, write_outputs
 
 TAG = "BENCH_DECODE "
 SAMPLINGS = ("8", "64", "256", "1fps")
@@ -82,20 +80,7 @@ def _worker(spec: dict[str, Any]) -> None:
 
 
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
-    cmd = [sys.executable, "-m", "aurora.tools.bench_decode", "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    except subprocess.TimeoutExpired:
-        return None, f"timed out: over --max-seconds {timeout:g} s"
-    for line in proc.stdout.splitlines():
-        if line.startswith(TAG):
-            return json.loads(line[len(TAG):]), None
-    if proc.returncode == -9:
-        return None, "killed (SIGKILL: out of memory?)"
-    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    return None, f"error (exit {proc.returncode}): {tail[-1] if tail else 'no message'}"
-
+    return run_worker("aurora.tools.bench_decode", TAG, spec, timeout)
 
 def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     from aurora.data.reader import backend_unavailable

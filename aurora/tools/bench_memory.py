@@ -38,16 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from aurora.tools.measure import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, Meter, hwm_bytes, mallopt, reset_hwm,
+from aurora.tools.measure import (MEMORY_MMAP_THRESHOLD, TIMING_MALLOPT, Meter, hwm_bytes, mallopt, reset_hwm, run_worker,
                                   write_outputs)
 from aurora.io import pyplot, save_figure
 
@@ -153,20 +151,7 @@ def write_videos(folder: Path, counts: list[int], size: int, warmup: int) -> dic
 
 
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
-    cmd = [sys.executable, "-m", "aurora.tools.bench_memory", "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    except subprocess.TimeoutExpired:
-        return None, f"timed out: over --max-seconds {timeout:g} s"
-    for line in proc.stdout.splitlines():
-        if line.startswith(TAG):
-            return json.loads(line[len(TAG):]), None
-    if proc.returncode == -9:
-        return None, "killed (SIGKILL: out of memory?)"
-    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    return None, f"error (exit {proc.returncode}): {tail[-1] if tail else 'no message'}"
-
+    return run_worker("aurora.tools.bench_memory", TAG, spec, timeout)
 
 def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     import torch

@@ -115,3 +115,24 @@ def write_outputs(args: argparse.Namespace, payload: Any, records: list[dict[str
     if args.plot:
         write_plot(records, args.plot)
         print(f"plot written to {args.plot}")
+
+
+def run_worker(module: str, tag: str, spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    """One benchmark point in a fresh process (``python -m module --worker SPEC``): the record the worker printed
+    behind ``tag``, or None and why not (over ``timeout`` seconds, killed, or its last error line)."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    except subprocess.TimeoutExpired:
+        return None, f"timed out: over --max-seconds {timeout:g} s"
+    for line in proc.stdout.splitlines():
+        if line.startswith(tag):
+            return json.loads(line[len(tag):]), None
+    if proc.returncode == -9:
+        return None, "killed (SIGKILL: out of memory?)"
+    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return None, f"error (exit {proc.returncode}): {tail[-1] if tail else 'no message'}"

@@ -7,15 +7,10 @@ import torch
 import yaml
 
 from aurora.data.video import encode_mp4
+from _models import TINY_HPARAMS
 from aurora.model import AuroraModel
 
-SPECS = {
-    "vision": {"name": "siglip", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 64, "image_size": 32, "patch_size": 8},
-    "merge": {"name": "tome", "keep_ratio": 0.25, "order": "size_ascending"},
-    "projector": "mlp",
-    "rnn": {"name": "rwkv6", "vocab_size": 65536, "d_model": 32, "n_layer": 2, "head_size": 16},
-}
+SPECS = TINY_HPARAMS  # the tiny model every folder's tests share (tests/_models.py)
 
 
 def write_checkpoint(run: Path, seed: int = 0, num_frames: int = 4) -> Path:
