@@ -1,0 +1,1 @@
+"""Commands around the model: benchmarks, visualisation, ablations, checkpoint conversion, part listings."""
