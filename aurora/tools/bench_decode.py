@@ -82,6 +82,7 @@ def _worker(spec: dict[str, Any]) -> None:
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
     return run_worker("aurora.tools.bench_decode", TAG, spec, timeout)
 
+
 def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     from aurora.data.reader import backend_unavailable
 

@@ -153,6 +153,7 @@ def write_videos(folder: Path, counts: list[int], size: int, warmup: int) -> dic
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
     return run_worker("aurora.tools.bench_memory", TAG, spec, timeout)
 
+
 def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     import torch
 

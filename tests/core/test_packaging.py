@@ -41,7 +41,7 @@ def test_packaged_recipe_is_found_by_name():
         resolve("nope")
 
 
-def _bare_import(code, tmp_path, extra_path=None):
+def _bare_import(code, extra_path=None):
     """Run `code` the way `python -c` runs it inside the checkout: the repository root first on sys.path."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
     if extra_path:
@@ -57,20 +57,20 @@ def test_bare_kernels_and_data_inside_the_checkout_are_the_installed_packages(tm
         (tmp_path / name / "sub.py").write_text("X = 1\n")
     r = _bare_import("import sys, kernels, data, kernels.sub; import aurora.kernels, aurora.data;"
                      "print(kernels.WHO, '|', data.WHO, '|', kernels.sub.X, '|', sys.modules['kernels'] is kernels);"
-                     "print(aurora.kernels.__name__, hasattr(aurora.kernels, 'WHO'))", tmp_path, tmp_path)
+                     "print(aurora.kernels.__name__, hasattr(aurora.kernels, 'WHO'))", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["pypi kernels | pypi data | 1 | True", "aurora.kernels False"]
 
 
-def test_bare_kernels_without_the_installed_package_is_an_empty_module(tmp_path):
+def test_bare_kernels_without_the_installed_package_is_an_empty_module():
     # no site-packages: whether or not this machine has the PyPI `kernels`, only our folder answers the bare name
     r = _bare_import("import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]; import kernels;"
-                     "print([n for n in vars(kernels) if not n.startswith('_')])", tmp_path)
+                     "print([n for n in vars(kernels) if not n.startswith('_')])")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"  # none of our code runs under the bare name
 
 
 def test_transformers_imports_inside_the_checkout():
     # transformers' activations import its Hub-kernels integration, which imports `kernels` when it is installed
-    r = _bare_import("import transformers.activations, transformers.models.siglip.modeling_siglip", None)
+    r = _bare_import("import transformers.activations, transformers.models.siglip.modeling_siglip")
     assert r.returncode == 0, r.stderr[-2000:]
