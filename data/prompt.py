@@ -3,18 +3,26 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from aurora.types import IGNORE_INDEX, VIDEO_TOKEN
 
 
-@lru_cache(maxsize=None)
 def _trie(vocab_file: str):
-    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+    """The trie tokenizer of a vocabulary file, built once per file content (a copy of the vocabulary beside an
+    export, or in a checkpoint directory, shares the one already built: building it takes seconds)."""
+    import hashlib
 
-    return TRIE_TOKENIZER(vocab_file)
+    digest = hashlib.sha256(Path(vocab_file).read_bytes()).hexdigest()
+    if digest not in _TRIES:
+        from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
+        _TRIES[digest] = TRIE_TOKENIZER(vocab_file)
+    return _TRIES[digest]
+
+
+_TRIES: dict[str, Any] = {}  # content digest -> trie tokenizer
 
 
 def world_vocab_file() -> str:

@@ -77,10 +77,16 @@ class Aurora:
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None, dtype: str = "float32",
                         chunk_frames: int = 16, config: str | os.PathLike | None = None,
                         progress: bool = False) -> "Aurora":
-        """A directory :meth:`save_pretrained` wrote, or a Lightning checkpoint ``aurora fit`` wrote (its
-        preprocessing from the run's ``config.yaml``, or ``config``)."""
+        """A directory :meth:`save_pretrained` wrote, a Lightning checkpoint ``aurora fit`` wrote (its
+        preprocessing from the run's ``config.yaml``, or ``config``), or a local copy of the paper's released
+        model in AuroraCap's xtuner layout (:mod:`aurora.tools.xtuner`)."""
         path = Path(path)
-        if path.is_dir():
+        from aurora.tools.xtuner import is_xtuner_dir
+
+        if is_xtuner_dir(path):  # the paper's released model in AuroraCap's xtuner layout (aurora.tools.xtuner)
+            model, cfg = cls._load_xtuner(path)
+            card = cfg["card"]
+        elif path.is_dir():
             if not (path / CONFIG).is_file():
                 raise PretrainedError(f"{path} has no {CONFIG}: not a directory `aurora export` wrote")
             model, cfg = cls._load_dir(path)
@@ -126,6 +132,16 @@ class Aurora:
                 **_checkpoint_facts(blob)}
         cfg["card"] = card
         return model, cfg, card
+
+    @staticmethod
+    def _load_xtuner(path: Path):
+        from aurora.tools.xtuner import XtunerError, load_xtuner
+
+        try:
+            model, settings = load_xtuner(path)
+        except XtunerError as e:
+            raise PretrainedError(str(e)) from None
+        return model, {"format": FORMAT, **settings}
 
     @staticmethod
     def _load_dir(path: Path):

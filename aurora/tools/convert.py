@@ -3,12 +3,14 @@ constructor arguments.
 
     aurora convert --backbone rwkv6 --src RWKV-x060-World-1B6.pth --out rwkv6-1b6.safetensors
     aurora convert --backbone mamba --src ./mamba-130m-hf --out mamba-130m.safetensors --format hf
+    aurora convert --src ./AuroraLong-RWKV-VID-2B-xtuner --out ./auroralong     # a whole xtuner model -> an export
 
 The backbone's own loader reads the source (``from_checkpoint`` where the backbone has one, else
 ``from_official`` on the state dict read from the file), so every format a backbone reads converts:
 
     rwkv6           official  BlinkDL's .pth (or .safetensors with the official names);  hf: an fla-hub directory
-                              (config.json + weights) or weights file
+                              (config.json + weights) or weights file, or the RWKV organisation's Rwkv6ForCausalLM
+                              (modeling_rwkv6.py names: rwkv.blocks.N...), as in AuroraLong's xtuner export
     rwkv7           official  BlinkDL's .pth;  hf: an fla-hub directory (config.json + weights) or weights file
     mamba, mamba2   hf        a transformers save_pretrained directory;  state-spaces: config.json with d_model /
                               ssm_cfg + pytorch_model.bin;  or one weights file in either layout
@@ -69,8 +71,8 @@ def detect_format(src: str | Path) -> tuple[str | None, str]:
         return "hf", f"config.json with model_type {config.get('model_type')!r}"
     if any(k.startswith("backbone.embedding.") for k in keys):
         return "state-spaces", "state-spaces names (backbone.embedding.weight)"
-    if any(k.startswith(("backbone.embeddings.", "model.")) for k in keys):
-        return "hf", "Hugging Face names (model.* / backbone.embeddings.*)"
+    if any(k.startswith(("backbone.embeddings.", "model.", "rwkv.blocks.")) for k in keys):
+        return "hf", "Hugging Face names (model.* / backbone.embeddings.* / rwkv.blocks.*)"
     return None, "no known layout"
 
 
@@ -188,6 +190,8 @@ def _our_names(backbone: str, cls: type, sd: dict[str, Any]) -> dict[str, Any]:
     mod = sys.modules[cls.__module__]
     if backbone in ("rwkv6", "rwkv7") and is_fla(sd):
         return mod.fla_to_official(sd)[0]
+    if callable(getattr(mod, "is_rwkv_hf", None)) and mod.is_rwkv_hf(sd):
+        return mod.rwkv_hf_to_official(sd)[0]
     for fn in ("normalize_state_dict", "to_our_keys"):
         if callable(getattr(mod, fn, None)):
             return getattr(mod, fn)(sd)
@@ -222,12 +226,16 @@ def _mismatch(backbone: str, cls: type, src: Path) -> str:
 def convert_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="aurora convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", required=True, help="registered backbone name (rwkv6, mamba, ...)")
+    parser.add_argument("--backbone", help="registered backbone name (rwkv6, mamba, ...); without it --src must be "
+                        "a whole model in AuroraCap's xtuner layout (the paper's released AuroraLong checkpoint), "
+                        "and --out the directory of an aurora export written from it")
     parser.add_argument("--src", required=True, help="community checkpoint: a file or a directory")
     parser.add_argument("--out", required=True, help="output .safetensors (the .json goes beside it)")
     parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="what --src is (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="tensor dtype written (default float32)")
     args = parser.parse_args(argv)
+    if args.backbone is None:
+        return _convert_whole(args.src, args.out)
     try:
         spec = convert(args.backbone, args.src, args.out, fmt=args.format, dtype=args.dtype)
     except Exception as e:
@@ -243,6 +251,28 @@ def convert_main(argv: list[str]) -> int:
     out = Path(args.out)
     print(f"wrote {out} and {out.with_suffix('.json')}")
     print(json.dumps(spec))
+    return 0
+
+
+def _convert_whole(src: str, out: str) -> int:
+    """A whole model in the xtuner layout -> an aurora export directory (safetensors + config.json + tokenizer +
+    card), which ``Aurora.from_pretrained`` and ``aurora serve`` load without reading the xtuner files again."""
+    from aurora.tools.xtuner import is_xtuner_dir
+
+    if not is_xtuner_dir(src):
+        print(f"aurora convert: error: {src} is not a whole model in the xtuner layout (config.json + visual_encoder/ "
+              "+ projector/); give --backbone to convert one language model", file=sys.stderr)
+        return 2
+    from aurora.infer.api import Aurora, PretrainedError
+
+    try:
+        written = Aurora.from_pretrained(src, device="cpu").save_pretrained(out)
+    except (PretrainedError, OSError, ValueError) as e:
+        if os.environ.get("AURORA_DEBUG"):
+            raise
+        print("aurora convert: error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    print(f"wrote {written} (an aurora export of the xtuner model {src})")
     return 0
 
 

@@ -236,7 +236,9 @@ class RWKV6(RWKVLanguageModel):
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "RWKV6":
         """Load a local checkpoint: BlinkDL's official ``.pth`` (also ``.pt`` / ``.bin`` / ``.safetensors`` with
-        the official names), or fla-hub's Hugging Face format (fla's ``RWKV6ForCausalLM``), as a directory with
+        the official names), the RWKV organisation's Hugging Face format (``Rwkv6ForCausalLM`` of
+        ``modeling_rwkv6.py``, ``rwkv.blocks.N...``: :func:`rwkv_hf_to_official`; its code is never run), or
+        fla-hub's Hugging Face format (fla's ``RWKV6ForCausalLM``), as a directory with
         ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin`` (sharded via their index files too) or
         such a weights file alone (beside its ``config.json``, else fla's defaults). ``kwargs`` go to the
         constructor (chunk_size, backend, grad_checkpoint, ...) and override what the config implies."""
@@ -244,6 +246,12 @@ class RWKV6(RWKVLanguageModel):
         if fla:
             state_dict, fla_kwargs = fla_to_official(state_dict, config)
             kwargs = fla_kwargs | kwargs
+        elif is_rwkv_hf(state_dict):
+            from aurora.components.rnn._hf import checkpoint_folder, read_config
+
+            config = config or read_config(checkpoint_folder(path))
+            state_dict, hf_kwargs = rwkv_hf_to_official(state_dict, config)
+            kwargs = hf_kwargs | kwargs
         try:
             return cls.from_official(state_dict, **kwargs)
         except ValueError as e:
@@ -430,3 +438,65 @@ def fla_config(model: RWKV6) -> dict[str, Any]:
         hidden_act="sqrelu", norm_first=True, norm_bias=True, norm_eps=model.norm_eps, attn=None,
         tie_word_embeddings=False, fuse_norm=True, use_cache=True,
     )
+
+
+# ------------------------------------------------------------------ the RWKV organisation's HF format
+
+# ``Rwkv6ForCausalLM`` of the ``modeling_rwkv6.py`` that RWKV/v6-Finch-*-HF and RWKV/rwkv-6-world-* ship (remote
+# code; also the language model of AuroraLong's released xtuner checkpoint). Its tensors have the official names
+# and shapes under other module names: rwkv.embeddings / rwkv.blocks.{i}.{pre_ln, ln1, ln2, attention.*,
+# feed_forward.*} / rwkv.ln_out / head. Its group norm eps is 1e-5 * head_size_divisor ** 2 (64e-5 by default,
+# the official constant), its final norm nn.LayerNorm's default 1e-5.
+_RWKV_HF_TOP = {"rwkv.embeddings.weight": "emb.weight", "rwkv.ln_out.weight": "ln_out.weight",
+                "rwkv.ln_out.bias": "ln_out.bias", "head.weight": "head.weight"}
+_RWKV_HF_BLOCK = re.compile(
+    r"rwkv\.blocks\.(\d+)\.(?:(pre_ln|ln1|ln2)\.(weight|bias)|(attention)\.(time_maa_[xwkvrg]|time_maa_w[12]|"
+    r"time_decay(?:_w[12])?|time_faaaa|(?:receptance|key|value|gate|output)\.weight|ln_x\.(?:weight|bias))|"
+    r"(feed_forward)\.(time_maa_[kr]|(?:key|receptance|value)\.weight))")
+_RWKV_HF_MODULE = {"pre_ln": "ln0", "ln1": "ln1", "ln2": "ln2", "attention": "att", "feed_forward": "ffn"}
+
+
+def is_rwkv_hf(state_dict: dict[str, Any]) -> bool:
+    """The RWKV organisation's Hugging Face layout (``rwkv.blocks.N...``, ``rwkv.embeddings.weight``)."""
+    return any(k.startswith(("rwkv.blocks.", "rwkv.embeddings.")) for k in state_dict)
+
+
+def rwkv_hf_to_official(state_dict: dict[str, Tensor], config: dict[str, Any] | None = None
+                        ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``Rwkv6ForCausalLM`` (modeling_rwkv6.py) weights -> official names, plus the constructor kwargs its
+    ``config.json`` implies (``norm_eps`` = layer_norm_epsilon, ``ln_x_eps`` = 1e-5 * head_size_divisor ** 2).
+    Keys outside the layout are kept as they are, so loading names them as unexpected; config fields that are
+    not this model, or disagree with the weights, are refused by name."""
+    config = config or {}
+    if config.get("model_type", "rwkv6") != "rwkv6":
+        raise ValueError(f"config.json is for model_type {config.get('model_type')!r}, not 'rwkv6'")
+    out: dict[str, Tensor] = {}
+    for key, x in state_dict.items():
+        m = _RWKV_HF_BLOCK.fullmatch(key)
+        if key in _RWKV_HF_TOP:
+            out[_RWKV_HF_TOP[key]] = x
+        elif m:  # only the tensors modeling_rwkv6.py has: any other stays under its own name (named unexpected)
+            module, leaf = next((m.group(j), m.group(j + 1)) for j in (2, 4, 6) if m.group(j))
+            out[f"blocks.{m.group(1)}.{_RWKV_HF_MODULE[module]}.{leaf}"] = x
+        else:
+            out[key] = x
+    if "head.weight" not in out and config.get("tie_word_embeddings") and "emb.weight" in out:
+        out["head.weight"] = out["emb.weight"]
+    norm_eps = float(config.get("layer_norm_epsilon", 1e-5))
+    if norm_eps != 1e-5:  # its ln_out is nn.LayerNorm(hidden_size) with the default eps whatever the config says
+        raise ValueError(f"config.json layer_norm_epsilon={norm_eps}: modeling_rwkv6's final norm keeps eps 1e-5, "
+                         "ours uses one eps for every layer norm; only 1e-5 is supported")
+    try:
+        sizes = RWKV6.config_from_state_dict(out)
+    except ValueError:
+        sizes = None  # loading names what is missing
+    if sizes and config:
+        stated = {"hidden_size": sizes["d_model"], "attention_hidden_size": sizes["d_model"],
+                  "num_hidden_layers": sizes["n_layer"], "vocab_size": sizes["vocab_size"],
+                  "head_size": sizes["head_size"], "intermediate_size": sizes["d_ffn"]}
+        wrong = [f"{f}={config[f]} but the weights have {v}" for f, v in stated.items() if config.get(f) is not None
+                 and config[f] != v]
+        if wrong:
+            raise ValueError(f"config.json does not match its weights: {'; '.join(wrong)}")
+    divisor = float(config.get("head_size_divisor", 8))
+    return out, {"norm_eps": norm_eps, "ln_x_eps": 1e-5 * divisor ** 2}

@@ -46,6 +46,9 @@ class SiglipVision(MergingViT):
             still trainable): the better start when training from scratch. Ignored with ``pretrained``.
         frozen: no gradients and no stored activations (``requires_grad=False``, forward under ``inference_mode``).
         feature_cache: a directory where a frozen encoder caches its per-sample output (see ``MergingViT``).
+        hidden_act, layer_norm_eps: for random weights, the config fields of the same names (transformers'
+            SigLIP defaults), so a spec can describe a checkpoint's architecture exactly (AuroraLong's xtuner
+            export: :mod:`aurora.tools.xtuner`).
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class SiglipVision(MergingViT):
         position_init: str = "random",
         frozen: bool = False,
         feature_cache: str | None = None,
+        hidden_act: str = "gelu_pytorch_tanh",
+        layer_norm_eps: float = 1e-6,
     ) -> None:
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
@@ -72,6 +77,7 @@ class SiglipVision(MergingViT):
             config = SiglipVisionConfig(
                 hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                 intermediate_size=intermediate_size, image_size=image_size, patch_size=patch_size,
+                hidden_act=hidden_act, layer_norm_eps=layer_norm_eps,
             )
             config._attn_implementation = attn_implementation
             hf = SiglipVisionModel(config)
