@@ -52,7 +52,8 @@ def rwkv_hf_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         sd[a + "output.weight"] = r(c, c, scale=c ** -0.5)
         sd[a + "ln_x.weight"], sd[a + "ln_x.bias"] = r(c, base=1.0, scale=0.1), r(c, scale=0.1)
         fw = b + "feed_forward."
-        sd[fw + "time_maa_k"], sd[fw + "time_maa_r"] = torch.rand(1, 1, c, generator=g), torch.rand(1, 1, c, generator=g)
+        sd[fw + "time_maa_k"] = torch.rand(1, 1, c, generator=g)
+        sd[fw + "time_maa_r"] = torch.rand(1, 1, c, generator=g)
         sd[fw + "key.weight"], sd[fw + "value.weight"] = r(f, c, scale=c ** -0.5), r(c, f, scale=f ** -0.5)
         sd[fw + "receptance.weight"] = r(c, c, scale=c ** -0.5)
     return {k: x.float() if "time_decay" in k else x.half() for k, x in sd.items()}
@@ -115,9 +116,10 @@ def write_xtuner(root: Path, seed: int = 0) -> Path:
     proj.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(seed + 2)
     d_in = VIS["hidden_size"]
-    torch.save({"model.0.weight": 0.2 * torch.randn(c, d_in, generator=g), "model.0.bias": 0.1 * torch.randn(c, generator=g),
-                "model.2.weight": 0.2 * torch.randn(c, c, generator=g), "model.2.bias": 0.1 * torch.randn(c, generator=g)},
-               proj / "pytorch_model.bin")
+    torch.save({"model.0.weight": 0.2 * torch.randn(c, d_in, generator=g),
+                "model.0.bias": 0.1 * torch.randn(c, generator=g),
+                "model.2.weight": 0.2 * torch.randn(c, c, generator=g),
+                "model.2.bias": 0.1 * torch.randn(c, generator=g)}, proj / "pytorch_model.bin")
     (proj / "config.json").write_text(json.dumps({
         "architectures": ["ProjectorModel"], "auto_map": {"AutoConfig": "configuration_projector.ProjectorConfig",
                                                           "AutoModel": "modeling_projector.ProjectorModel"},

@@ -66,12 +66,13 @@ def rwkv6_reference(sd, embeds):
         xx = shift(z) - z
         xxx = torch.tanh((z + xx * t[a + "time_maa_x"]) @ t[a + "time_maa_w1"]).view(B * T, 5, -1).transpose(0, 1)
         mw, mk, mv, mr, mg = torch.bmm(xxx, t[a + "time_maa_w2"]).view(5, B, T, -1).unbind(0)
-        wx, kx, vx = z + xx * (t[a + "time_maa_w"] + mw), z + xx * (t[a + "time_maa_k"] + mk), z + xx * (t[a + "time_maa_v"] + mv)
-        rx, gx = z + xx * (t[a + "time_maa_r"] + mr), z + xx * (t[a + "time_maa_g"] + mg)
+        mix = {m: z + xx * (t[a + f"time_maa_{m}"] + d) for m, d in zip("wkvrg", (mw, mk, mv, mr, mg))}
+        wx, kx, vx, rx, gx = (mix[m] for m in "wkvrg")
         r, k, v = (F.linear(q, t[a + f"{nm}.weight"]).view(B, T, h, n) for q, nm in
                    ((rx, "receptance"), (kx, "key"), (vx, "value")))
         g = F.silu(F.linear(gx, t[a + "gate.weight"]))
-        w = torch.exp(-torch.exp(t[a + "time_decay"] + torch.tanh(wx @ t[a + "time_decay_w1"]) @ t[a + "time_decay_w2"]))
+        decay = t[a + "time_decay"] + torch.tanh(wx @ t[a + "time_decay_w1"]) @ t[a + "time_decay_w2"]
+        w = torch.exp(-torch.exp(decay))
         w, u = w.view(B, T, h, n), t[a + "time_faaaa"]
         S, out = torch.zeros(B, h, n, n), []
         for s in range(T):
