@@ -75,7 +75,39 @@ class SafeCheckpoints:
                 raise CheckpointError(
                     f"--ckpt_path {ckpt_path} holds another architecture than the recipe: " + "; ".join(diff)
                     + " (give the recipe the checkpoint was trained with, or use model.init_from with init_parts)")
+            if sub in ("validate", "test", "predict"):
+                data_from_checkpoint(self.config[sub], ckpt, getattr(self, "_aurora_argv", []), ckpt_path)
         super()._parse_ckpt_path()
+
+
+def data_from_checkpoint(cfg: Any, ckpt: dict[str, Any], argv: list[str], where: str) -> list[str]:
+    """``validate`` / ``test`` / ``predict`` with a checkpoint read the videos as it was trained: the inference
+    settings it carries (frames or fps, image size, mean / std, template, tokenizer) replace the recipe's, except
+    those given on the command line (``--data.num_frames=16`` evaluates on 16 frames). The replaced keys are said
+    in one log line; returns them."""
+    import logging
+
+    from aurora.checkpoint import checkpoint_inference
+
+    saved = checkpoint_inference(ckpt)
+    data = cfg.get("data") if hasattr(cfg, "get") else None
+    if saved is None or data is None:
+        return []
+    given = {a.split("=", 1)[0][len("--data."):].split(".")[0] for a in argv if a.startswith("--data.")}
+    changed = []
+    for key, value in saved.items():
+        if key in given or key not in data:
+            continue
+        now = _plain(data.get(key))
+        want = list(value) if isinstance(value, tuple) else value
+        if _plain(now if not isinstance(now, tuple) else list(now)) != want:
+            changed.append(f"{key} {now!r} -> {want!r}")
+            data[key] = tuple(want) if key in ("mean", "std") else want
+    if changed:
+        logging.getLogger(__name__).warning(
+            "data settings from the checkpoint %s (as it was trained; --data.KEY=VALUE overrides): %s",
+            where, "; ".join(changed))
+    return changed
 
 
 def _plain(value: Any) -> Any:
@@ -147,6 +179,7 @@ class _OwnArgv:
         import sys
 
         saved, sys.argv = sys.argv, sys.argv[:1]
+        self._aurora_argv = [str(a) for a in (args or [])]
         try:
             super().parse_arguments(parser, args)
         finally:
