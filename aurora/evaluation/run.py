@@ -462,8 +462,8 @@ class AuroraPredictor:
 
         ckpt = Path(ckpt)
         # the recipe, else what the checkpoint carries, else the run's config.yaml; none: an error unless --frames
-        data = inference_settings(ckpt, config, required=frames is None and fps is None)
         self.model, hp = load_model(ckpt)
+        data = inference_settings(ckpt, config, required=frames is None and fps is None)
         recipe_path = data["source"]
         self.num_frames = int(frames or data.get("num_frames") or data.get("max_frames") or 8)
         self.fps = fps if fps is not None else (None if frames else data.get("fps"))

@@ -649,8 +649,8 @@ def engine_from_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike | 
     from aurora.infer.runconfig import inference_settings
     from aurora.model import load_model
 
+    model, hp = load_model(ckpt)  # a checkpoint that does not fit is named first
     data = inference_settings(ckpt, config, required=required, blob=read_checkpoint(ckpt))
-    model, hp = load_model(ckpt)
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"unknown dtype {dtype!r}; known: float32, bfloat16, float16")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
