@@ -464,7 +464,8 @@ class AuroraPredictor:
         # the recipe, else what the checkpoint carries, else the run's config.yaml; none: an error unless --frames
         self.model, hp = load_model(ckpt)
         data = inference_settings(ckpt, config, required=frames is None and fps is None)
-        recipe_path = data["source"]
+        recipe_path = data.get("config")
+        self.settings_from = data.get("source") or "explicit --frames / --fps (no saved settings)"
         self.num_frames = int(frames or data.get("num_frames") or data.get("max_frames") or 8)
         self.fps = fps if fps is not None else (None if frames else data.get("fps"))
         self.max_frames = max_frames or data.get("max_frames") or (self.num_frames if self.fps else None)
@@ -483,7 +484,7 @@ class AuroraPredictor:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"ckpt": self.ckpt, "recipe": self.recipe, "frames": self.num_frames, "fps": self.fps,
+        return {"ckpt": self.ckpt, "recipe": self.recipe, "settings_from": self.settings_from, "frames": self.num_frames, "fps": self.fps,
                 "max_frames": self.max_frames, "image_size": self.image_size,
                 "max_new_tokens": self.max_new_tokens, "device": str(self.device), "dtype": str(self.dtype),
                 "template": {"before": self.template.before, "after": self.template.after}}

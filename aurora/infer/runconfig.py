@@ -77,7 +77,7 @@ def inference_settings(ckpt: str | os.PathLike, config: str | os.PathLike | None
                        blob: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """How to read a video for a checkpoint: ``num_frames`` (or ``fps`` + ``max_frames``), ``image_size``,
     ``mean``, ``std``, ``template`` (its fields, with the lead), ``eval_lead``, ``tokenizer`` (a registry spec)
-    and ``source`` (where they came from, for the log line).
+    ``source`` (where they came from, for the log line) and ``config`` (the recipe file read, if one was).
 
     In this order: ``config`` when given (the user named it); the settings the checkpoint carries (every checkpoint
     ``aurora fit`` writes has them, :data:`aurora.checkpoint.INFERENCE_KEY`); the run's ``config.yaml`` beside it
@@ -85,17 +85,17 @@ def inference_settings(ckpt: str | os.PathLike, config: str | os.PathLike | None
     datamodule's defaults in silence; ``required=False`` (the caller has explicit settings such as ``--frames``)
     returns ``{"source": None}`` instead. ``blob``: the checkpoint already read (saves reading it again)."""
     if config is not None:
-        return {**_normalise(data_settings(config)), "source": f"the recipe {config}"}
+        return {**_normalise(data_settings(config)), "source": f"the recipe {config}", "config": str(config)}
     from aurora.checkpoint import checkpoint_inference, read_checkpoint
 
     rec = checkpoint_inference(blob if blob is not None else read_checkpoint(ckpt))
     if rec is not None:
-        return {**_normalise(rec), "source": f"the checkpoint {Path(ckpt).name}"}
+        return {**_normalise(rec), "source": f"the checkpoint {Path(ckpt).name}", "config": None}
     run = find_run_config(ckpt)
     if run is not None:
-        return {**_normalise(data_settings(run)), "source": f"the run config {run}"}
+        return {**_normalise(data_settings(run)), "source": f"the run config {run}", "config": str(run)}
     if not required:
-        return {"source": None}
+        return {"source": None, "config": None}
     raise MissingSettings(
         f"{ckpt} carries no inference settings (written before checkpoints held them) and no run config.yaml is "
         "beside it or in its parent folder: give the recipe it was trained with (--config RECIPE), or the sampling "

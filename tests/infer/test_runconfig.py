@@ -71,7 +71,7 @@ def test_a_checkpoint_without_settings_or_run_config_is_a_clear_error(tmp_path, 
     tiny_checkpoint(ckpt)  # written the old way: weights and hyperparameters only
     with pytest.raises(MissingSettings, match="carries no inference settings.*--frames N"):
         inference_settings(ckpt)
-    assert inference_settings(ckpt, required=False) == {"source": None}
+    assert inference_settings(ckpt, required=False) == {"source": None, "config": None}
     from aurora.infer.ask import ask_main
 
     clip = tmp_path / "clip.mp4"
