@@ -75,9 +75,10 @@ class SafeCheckpoints:
                 raise CheckpointError(
                     f"--ckpt_path {ckpt_path} holds another architecture than the recipe: " + "; ".join(diff)
                     + " (give the recipe the checkpoint was trained with, or use model.init_from with init_parts)")
-            if sub in ("validate", "test", "predict"):
-                data_from_checkpoint(self.config[sub], ckpt, getattr(self, "_aurora_argv", []), ckpt_path)
         super()._parse_ckpt_path()
+        if ckpt_path and Path(ckpt_path).is_file() and sub in ("validate", "test", "predict"):
+            # after Lightning's re-parse of the config with the checkpoint's hyperparameters
+            data_from_checkpoint(self.config[sub], ckpt, getattr(self, "_aurora_argv", []), ckpt_path)
 
 
 def data_from_checkpoint(cfg: Any, ckpt: dict[str, Any], argv: list[str], where: str) -> list[str]:
@@ -99,8 +100,17 @@ def data_from_checkpoint(cfg: Any, ckpt: dict[str, Any], argv: list[str], where:
         if key in given or key not in data:
             continue
         now = _plain(data.get(key))
+        if key == "template":  # the recipe's fields over the defaults, as the datamodule builds it
+            import dataclasses
+
+            from aurora.data.prompt import PromptTemplate
+
+            now = dataclasses.asdict(PromptTemplate(**(now or {})))
+        now = list(now) if isinstance(now, tuple) else now
         want = list(value) if isinstance(value, tuple) else value
-        if _plain(now if not isinstance(now, tuple) else list(now)) != want:
+        if key in ("mean", "std") and now is not None:
+            now = [float(x) for x in now]
+        if now != want:
             changed.append(f"{key} {now!r} -> {want!r}")
             data[key] = tuple(want) if key in ("mean", "std") else want
     if changed:
