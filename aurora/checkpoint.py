@@ -16,6 +16,11 @@ import torch
 from aurora.registry import RNN
 
 MODEL_PREFIX = "model."  # AuroraModule keeps the AuroraModel as ``self.model``
+# what inference needs, saved in every checkpoint ``aurora fit`` writes (frames or fps + max_frames, image size,
+# mean / std, the prompt template with its lead, the tokenizer's spec): aurora.infer.runconfig.inference_settings
+INFERENCE_KEY = "aurora_inference"
+INFERENCE_FIELDS = ("num_frames", "fps", "max_frames", "image_size", "mean", "std", "template", "eval_lead",
+                    "tokenizer")
 
 
 class CheckpointError(ValueError):
@@ -63,6 +68,17 @@ def load_weights(module: torch.nn.Module, ckpt: str | os.PathLike | Mapping[str,
                          + (" ..." if len(unexpected) > 6 else ""))
         raise CheckpointError(f"checkpoint {path} does not fit {target}: " + " | ".join(parts))
     module.load_state_dict(sd, strict=True)
+
+
+def checkpoint_inference(blob: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The inference settings a checkpoint carries (``blob[INFERENCE_KEY]``), or None for one written before
+    checkpoints carried them (or by another program)."""
+    rec = blob.get(INFERENCE_KEY)
+    if rec is None:
+        return None
+    if not isinstance(rec, Mapping):
+        raise CheckpointError(f"the checkpoint's {INFERENCE_KEY!r} entry must be a mapping, got {type(rec).__name__}")
+    return {k: rec.get(k) for k in INFERENCE_FIELDS}
 
 
 # -- a backbone written by ``aurora convert`` ------------------------------------------------------------------

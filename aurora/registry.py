@@ -185,5 +185,7 @@ MERGE: Registry = Registry("merge strategy", "merge strategies", home="aurora.co
 ORDER: Registry = Registry("token ordering", home="aurora.components.merge")
 PROJECTOR: Registry = Registry("projector", home="aurora.components.projector")
 RNN: Registry = Registry("rnn backbone", home="aurora.components.rnn")
+TOKENIZER: Registry = Registry("tokenizer", home="aurora.data.tokenizers")  # recipe key data.tokenizer
 # every registry of parts a recipe names, by the recipe key that names it (``aurora parts`` lists them)
-PARTS: dict[str, Registry] = {"vision": VISION, "merge": MERGE, "order": ORDER, "projector": PROJECTOR, "rnn": RNN}
+PARTS: dict[str, Registry] = {"vision": VISION, "merge": MERGE, "order": ORDER, "projector": PROJECTOR, "rnn": RNN,
+                             "tokenizer": TOKENIZER}

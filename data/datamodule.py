@@ -13,7 +13,8 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from aurora.data.prompt import PromptTemplate, Tokenizer
+from aurora.data.prompt import PromptTemplate
+from aurora.data.tokenizers import build_tokenizer
 from aurora.data.reader import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 from aurora.data.shards import FRAME_ORDERS, OVERLONG, VideoQADataset, check_sampling, collate, expand_shards
 from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD
@@ -72,6 +73,9 @@ class AuroraDataModule(L.LightningDataModule):
         max_tokens, tokens_per_frame, overlong: the token budget of a sample and what happens past it
             (``truncate`` or ``skip``). ``max_tokens`` defaults to DEFAULT_MAX_TOKENS (4096): without a cap one
             1 MB question took a fit to 22 GB; ``null`` lifts it.
+        tokenizer: the tokenizer, a registry part (``aurora parts tokenizer``): ``rwkv_world`` (the default),
+            ``{name: tokenizer_json, path: .../tokenizer.json}`` or ``{name: hf, path: DIR}`` for a backbone with
+            its own vocabulary (local files only).
         seed: seeds every data shuffle, per epoch: a pass is reproducible, so a resumed run skips what it saw.
 
     Training position: the batches the training loop takes are recorded per rank and DataLoader worker
@@ -108,6 +112,7 @@ class AuroraDataModule(L.LightningDataModule):
         max_frames: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_video_frames: int | None = DEFAULT_MAX_FRAMES,
+        tokenizer: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_sizes(num_frames=num_frames, image_size=image_size, batch_size=batch_size, max_tokens=max_tokens)
@@ -135,7 +140,7 @@ class AuroraDataModule(L.LightningDataModule):
         if eval_lead is not None and eval_lead not in ("question", "generic", "none"):
             raise ValueError(f"unknown eval_lead {eval_lead!r}; known: question, generic, none")
         self.eval_lead = eval_lead
-        self.tokenizer = Tokenizer()
+        self.tokenizer = build_tokenizer(tokenizer)
         # the training position of this rank: the epoch, and per worker (raw samples read, samples yielded)
         self.epoch, self._next_epoch = 0, 0
         self.positions: dict[int, tuple[int, int]] = {}

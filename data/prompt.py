@@ -1,54 +1,18 @@
-"""Prompts and tokens: the RWKV World tokenizer and the sandwich prompt (instruction, video, instruction)."""
+"""Prompts and tokens: the sandwich prompt (instruction, video, instruction) and the default tokenizer, RWKV World
+(the tokenizer registry, with the others, is :mod:`aurora.data.tokenizers`)."""
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from aurora.data.tokenizers import RWKVWorld, world_vocab_file  # noqa: F401  (world_vocab_file: re-exported)
 from aurora.types import IGNORE_INDEX, VIDEO_TOKEN
 
 
-def _trie(vocab_file: str):
-    """The trie tokenizer of a vocabulary file, built once per file content (a copy of the vocabulary beside an
-    export, or in a checkpoint directory, shares the one already built: building it takes seconds)."""
-    import hashlib
-
-    digest = hashlib.sha256(Path(vocab_file).read_bytes()).hexdigest()
-    if digest not in _TRIES:
-        from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
-
-        _TRIES[digest] = TRIE_TOKENIZER(vocab_file)
-    return _TRIES[digest]
-
-
-_TRIES: dict[str, Any] = {}  # content digest -> trie tokenizer
-
-
-def world_vocab_file() -> str:
-    import rwkv
-
-    return str(Path(rwkv.__file__).parent / "rwkv_vocab_v20230424.txt")
-
-
-class Tokenizer:
-    """The RWKV World tokenizer (65,536 tokens, shipped by the ``rwkv`` package). Token 0 is end-of-text."""
-
-    eos_id = 0
-    pad_id = 0
-
-    def __init__(self, vocab_file: str | None = None) -> None:
-        self.vocab_file = vocab_file or world_vocab_file()
-        if not Path(self.vocab_file).is_file():
-            raise FileNotFoundError(f"tokenizer vocabulary not found: {self.vocab_file}")
-        self._tok = _trie(self.vocab_file)
-        self.vocab_size = 65536
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text))
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decodeBytes([i for i in ids if i != self.eos_id]).decode("utf-8", errors="replace")
+# the RWKV World tokenizer, the default of the tokenizer registry (aurora.data.tokenizers); ``Tokenizer`` here is
+# kept as its name for the many callers that build the default one
+Tokenizer = RWKVWorld
 
 
 LEADS = ("question", "generic", "none", "mix")

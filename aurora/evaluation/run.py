@@ -446,29 +446,34 @@ class AuroraPredictor:
     The model is rebuilt from the checkpoint's hyperparameters and its weights loaded strictly
     (:func:`aurora.model.load_model`). Frames are sampled uniformly (``frames``, default the recipe's
     ``data.num_frames``) and preprocessed as in training (``data.image_size``, ``mean``, ``std``); the question
-    goes through the recipe's sandwich prompt template. The recipe is ``config`` or the ``config.yaml`` the
-    training run wrote next to its checkpoints; without one, the datamodule's defaults.
+    goes through the recipe's sandwich prompt template, with the tokenizer it was trained with. These come from
+    :func:`aurora.infer.runconfig.inference_settings`: ``config``, else what the checkpoint carries, else the
+    ``config.yaml`` the training run wrote next to its checkpoints; without any, an error unless ``frames`` / ``fps``
+    are given.
     """
 
     def __init__(self, ckpt: str | Path, config: str | None = None, frames: int | None = None,
                  max_new_tokens: int | None = None, device: str = "cpu", dtype: str = "float32",
                  fps: float | None = None, max_frames: int | None = None) -> None:
         from aurora.model import load_model
-        from aurora.data.prompt import PromptTemplate, Tokenizer
-        from aurora.infer.runconfig import find_run_config, load_recipe, section
+        from aurora.data.prompt import PromptTemplate
+        from aurora.data.tokenizers import build_tokenizer
+        from aurora.infer.runconfig import inference_settings
 
         ckpt = Path(ckpt)
+        # the recipe, else what the checkpoint carries, else the run's config.yaml; none: an error unless --frames
         self.model, hp = load_model(ckpt)
-        recipe_path = config or find_run_config(ckpt)
-        data = section(load_recipe(recipe_path), "data") if recipe_path else {}
-        self.num_frames = int(frames or data.get("num_frames") or 8)
+        data = inference_settings(ckpt, config, required=frames is None and fps is None)
+        recipe_path = data.get("config")
+        self.settings_from = data.get("source") or "explicit --frames / --fps (no saved settings)"
+        self.num_frames = int(frames or data.get("num_frames") or data.get("max_frames") or 8)
         self.fps = fps if fps is not None else (None if frames else data.get("fps"))
         self.max_frames = max_frames or data.get("max_frames") or (self.num_frames if self.fps else None)
         self.image_size = int(data.get("image_size") or self.model.vision.config.image_size)
         self.mean = tuple(data.get("mean") or DEFAULT_MEAN)
         self.std = tuple(data.get("std") or DEFAULT_STD)
         self.template = PromptTemplate(**(data.get("template") or {}))
-        self.tokenizer = Tokenizer()
+        self.tokenizer = build_tokenizer(data.get("tokenizer"))
         self.max_new_tokens = int(max_new_tokens or hp.get("max_new_tokens") or 16)
         self.stop = [self.tokenizer.encode(self.template.stop)] if self.template.stop else None
         self.device = torch.device(device)
@@ -479,7 +484,7 @@ class AuroraPredictor:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"ckpt": self.ckpt, "recipe": self.recipe, "frames": self.num_frames, "fps": self.fps,
+        return {"ckpt": self.ckpt, "recipe": self.recipe, "settings_from": self.settings_from, "frames": self.num_frames, "fps": self.fps,
                 "max_frames": self.max_frames, "image_size": self.image_size,
                 "max_new_tokens": self.max_new_tokens, "device": str(self.device), "dtype": str(self.dtype),
                 "template": {"before": self.template.before, "after": self.template.after}}

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from aurora.data.prompt import PromptTemplate, Tokenizer
+from aurora.data.prompt import PromptTemplate
 from aurora.data.video import DEFAULT_MEAN, DEFAULT_STD, VideoSource
 from aurora.infer.engine import Answer, Generation, StreamEngine, StreamError, VideoState
 
@@ -40,13 +40,12 @@ class PretrainedError(ValueError):
 
 
 def preprocessing_settings(ckpt: str | os.PathLike, config: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The data settings (image size, mean, std, frames, template) a checkpoint was trained with.
+    """The data settings (image size, mean, std, frames or fps, template, tokenizer) a checkpoint was trained with:
+    :func:`aurora.infer.runconfig.inference_settings` (``config``, else what the checkpoint carries, else the run's
+    ``config.yaml``; none of them is an error, not a silent default)."""
+    from aurora.infer.runconfig import inference_settings
 
-    The one place the API reads them; today from the run's ``config.yaml`` (or ``config``). When checkpoints carry
-    their own inference settings (``aurora.infer.runconfig.inference_settings``), switch this line to it."""
-    from aurora.infer.runconfig import data_settings, find_run_config
-
-    return data_settings(config if config is not None else find_run_config(ckpt))
+    return inference_settings(ckpt, config)
 
 
 def _checkpoint_facts(blob: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,6 +58,15 @@ def _checkpoint_facts(blob: Mapping[str, Any]) -> dict[str, Any]:
             metrics[f"best {cb['monitor']}"] = float(score.item() if hasattr(score, "item") else score)
     facts["metrics"] = metrics
     return facts
+
+
+def _tokenizer_entry(spec: Any) -> dict[str, Any]:
+    """config.json's tokenizer entry for a registry spec (``kind`` + the file ``vocab`` it reads + the spec)."""
+    from aurora.data.tokenizers import build_tokenizer
+
+    tok = build_tokenizer(spec)
+    files = [Path(f) for f in tok.files]
+    return {"kind": tok.spec["name"], "vocab": files[0].name, "spec": dict(tok.spec)}
 
 
 class Aurora:
@@ -100,8 +108,9 @@ class Aurora:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = model.to(device=dev, dtype=getattr(torch, dtype))
         pre = cfg["preprocessing"]
-        vocab = cfg["tokenizer"].get("vocab_path")
-        engine = StreamEngine(model, tokenizer=Tokenizer(vocab) if vocab else Tokenizer(),
+        from aurora.data.tokenizers import build_tokenizer
+
+        engine = StreamEngine(model, tokenizer=build_tokenizer(cfg["tokenizer"].get("spec")),
                               template=PromptTemplate(**cfg["template"]), image_size=pre.get("image_size"),
                               mean=tuple(pre["mean"]), std=tuple(pre["std"]), chunk_frames=chunk_frames,
                               progress=progress)
@@ -121,9 +130,11 @@ class Aurora:
             "model": {k: hp.get(k) for k in MODEL_KEYS},
             "preprocessing": {"image_size": data.get("image_size") or getattr(model.vision.config, "image_size", None),
                               "mean": list(data.get("mean") or DEFAULT_MEAN), "std": list(data.get("std") or DEFAULT_STD),
-                              "num_frames": data.get("num_frames"), "fps": None if data.get("num_frames") else 1.0},
-            "template": {"before": tpl.before, "after": tpl.after, "stop": tpl.stop},
-            "tokenizer": {"kind": "rwkv_world", "vocab": Path(Tokenizer().vocab_file).name},
+                              "num_frames": data.get("num_frames"), "fps": data.get("fps"),
+                              "max_frames": data.get("max_frames")},
+            "template": {"before": tpl.before, "after": tpl.after, "stop": tpl.stop, "answer": tpl.answer,
+                         "lead": tpl.lead_at_inference, "generic": tpl.generic},
+            "tokenizer": _tokenizer_entry(data.get("tokenizer")),
             "generation": {"max_new_tokens": int(hp.get("max_new_tokens") or 64)},
         }
         training = {k: v for k, v in hp.items() if k not in MODEL_KEYS and isinstance(v, (int, float, str, bool,
@@ -175,7 +186,14 @@ class Aurora:
         vocab = path / TOKENIZER_DIR / cfg["tokenizer"]["vocab"]
         if not vocab.is_file():
             raise PretrainedError(f"{path} lacks its tokenizer vocabulary {vocab.relative_to(path)}")
-        cfg["tokenizer"]["vocab_path"] = str(vocab)
+        kind = cfg["tokenizer"].get("kind", "rwkv_world")
+        local = {"rwkv_world": {"vocab_file": str(vocab)}, "tokenizer_json": {"path": str(vocab)},
+                 "hf": {"path": str(vocab.parent)}}
+        if kind not in local:
+            raise PretrainedError(f"{path / CONFIG} names an unknown tokenizer kind {kind!r}; known: "
+                                  f"{', '.join(local)}")
+        extra = {k: v for k, v in (cfg["tokenizer"].get("spec") or {}).items() if k in ("eos_token", "pad_token")}
+        cfg["tokenizer"]["spec"] = {"name": kind, **local[kind], **extra}
         return model.eval(), cfg
 
     # -- saving --------------------------------------------------------------------------------------------
@@ -189,10 +207,16 @@ class Aurora:
         # float32 on the CPU as trained; save_model handles tied (shared) tensors, which save_file refuses
         save_model(model, str(out / WEIGHTS), metadata={"format": FORMAT})
         cfg = {k: v for k, v in self.config.items() if k != "card"}
-        cfg["tokenizer"] = {k: v for k, v in cfg["tokenizer"].items() if k != "vocab_path"}
+        tok = self.engine.tokenizer
+        spec = dict(getattr(tok, "spec", None) or {"name": "rwkv_world"})
+        files = [Path(f) for f in getattr(tok, "files", None) or [tok.vocab_file]]
+        # the spec without local paths: a directory loads its own copy of the files (tokenizer/)
+        cfg["tokenizer"] = {"kind": spec["name"], "vocab": files[0].name,
+                            "spec": {k: v for k, v in spec.items() if k not in ("path", "vocab_file")}}
         cfg["card"] = self.card
         (out / TOKENIZER_DIR).mkdir(exist_ok=True)
-        shutil.copyfile(self.engine.tokenizer.vocab_file, out / TOKENIZER_DIR / cfg["tokenizer"]["vocab"])
+        for f in files:
+            shutil.copyfile(f, out / TOKENIZER_DIR / f.name)
         (out / CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         (out / "README.md").write_text(self.model_card())
         return out

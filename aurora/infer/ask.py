@@ -68,6 +68,17 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
 # ------------------------------------------------------------------------------------------------ command
 
 
+def training_sampling(data: dict[str, Any], max_frames: int | None = None
+                      ) -> tuple[int | None, float | None, int | None]:
+    """(frames, fps, max_frames) the model was trained with, from :func:`inference_settings`' dict; an explicit
+    ``max_frames`` wins over the saved one."""
+    if data.get("fps"):
+        return None, float(data["fps"]), max_frames or data.get("max_frames")
+    if data.get("num_frames") is None:  # no saved settings (only with --load-state, which holds its own)
+        return None, None, max_frames
+    return int(data["num_frames"]), None, max_frames
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aurora ask", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,28 +170,26 @@ def ask_main(argv: list[str]) -> int:
     from aurora.checkpoint import CheckpointError
 
     try:
+        explicit = args.frames is not None or args.fps is not None or bool(args.load_state)
         engine, info = engine_from_checkpoint(args.ckpt, args.config, args.chunk_frames, args.device, args.dtype,
-                                              progress=not args.no_progress)
+                                              progress=not args.no_progress, required=not explicit)
         hp, data = info["hparams"], info["data"]
         stop = ([s for s in args.stop if s] if args.stop is not None
                 else [engine.template.stop] if engine.template.stop else [])
         gen = Generation(max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None
                          else int(hp.get("max_new_tokens") or 64),
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=tuple(stop))
-        frames, fps = args.frames, args.fps
-        if frames is None and fps is None:  # the training sampling when the run's config says it, else 1 fps
-            if data.get("num_frames"):
-                frames = int(data["num_frames"])
-            else:
-                fps = 1.0
+        frames, fps, max_frames = args.frames, args.fps, args.max_frames
+        if frames is None and fps is None:  # the training sampling (inference_settings: never a silent default)
+            frames, fps, max_frames = training_sampling(data, max_frames)
         how = ("a saved state" if args.load_state else
                f"{frames} frames" if frames is not None else f"{fps:g} frames per second")
-        print(f"aurora ask: {args.ckpt} ({hp['rnn'].get('name')}), data settings from "
-              f"{info['config'] or 'the defaults'}, reading {how}, chunks of {args.chunk_frames} frames on "
+        print(f"aurora ask: {args.ckpt} ({hp['rnn'].get('name')}), inference settings from "
+              f"{info['config']}, reading {how}, chunks of {args.chunk_frames} frames on "
               f"{engine.device}", file=sys.stderr)
         t0 = time.perf_counter()
         if args.shards:
-            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit, args.max_frames)
+            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit, max_frames)
             print(json.dumps(summary))
             return 0
         context = args.context if args.context is not None else engine.lead_context(args.question, args.lead)
@@ -197,12 +206,12 @@ def ask_main(argv: list[str]) -> int:
             if args.context is not None and args.context != vs.context:
                 raise StreamError(f"the state was read with the context {vs.context!r}, not {args.context!r}")
         elif args.snapshot_every is not None:
-            vs = engine.read_video(args.video, context, frames, fps, max_frames=args.max_frames, start=args.start,
+            vs = engine.read_video(args.video, context, frames, fps, max_frames=max_frames, start=args.start,
                                    end=args.end, snapshot_every=args.snapshot_every,
                                    on_snapshot=engine.snapshot_writer(args.save_state), until=at)
             print(f"snapshots every {args.snapshot_every:g} s written to {args.save_state}", file=sys.stderr)
         else:
-            vs = engine.read_video(args.video, context, frames, fps, max_frames=args.max_frames, start=args.start,
+            vs = engine.read_video(args.video, context, frames, fps, max_frames=max_frames, start=args.start,
                                    end=args.end, until=at)
             if args.save_state:
                 print(f"state written to {engine.save_state(vs, args.save_state)}", file=sys.stderr)

@@ -638,25 +638,30 @@ class StreamEngine:
 
 def engine_from_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike | None = None,
                            chunk_frames: int = 16, device: str | None = None, dtype: str = "float32",
-                           progress: bool = False) -> tuple[StreamEngine, dict[str, Any]]:
-    """A :class:`StreamEngine` for a checkpoint written by ``aurora fit``; the preprocessing and template come
-    from ``config`` (default: the run's ``config.yaml`` beside the checkpoint, else the datamodule's defaults).
-    Returns the engine and ``{"hparams", "data", "config"}``."""
+                           progress: bool = False, required: bool = True) -> tuple[StreamEngine, dict[str, Any]]:
+    """A :class:`StreamEngine` for a checkpoint written by ``aurora fit``; the preprocessing, template and tokenizer
+    come from :func:`aurora.infer.runconfig.inference_settings` (``config`` if given, else what the checkpoint
+    carries, else the run's ``config.yaml``; none of them is an error unless ``required=False``, when the caller
+    gives the sampling itself and the vision encoder's image size and the default mean / std are used, said in
+    ``info["config"]``). Returns the engine and ``{"hparams", "data", "config"}``."""
+    from aurora.checkpoint import read_checkpoint
+    from aurora.data.tokenizers import build_tokenizer
+    from aurora.infer.runconfig import inference_settings
     from aurora.model import load_model
-    from aurora.infer.runconfig import data_settings, find_run_config
 
-    model, hp = load_model(ckpt)
-    if config is None:
-        config = find_run_config(ckpt)
-    data = data_settings(config)
+    model, hp = load_model(ckpt)  # a checkpoint that does not fit is named first
+    data = inference_settings(ckpt, config, required=required, blob=read_checkpoint(ckpt))
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"unknown dtype {dtype!r}; known: float32, bfloat16, float16")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device=dev, dtype=getattr(torch, dtype))
-    engine = StreamEngine(model, template=PromptTemplate(**(data.get("template") or {})),
+    engine = StreamEngine(model, tokenizer=build_tokenizer(data.get("tokenizer")),
+                          template=PromptTemplate(**(data.get("template") or {})),
                           image_size=data.get("image_size"), mean=tuple(data.get("mean") or DEFAULT_MEAN),
                           std=tuple(data.get("std") or DEFAULT_STD), chunk_frames=chunk_frames, progress=progress)
-    return engine, {"hparams": hp, "data": data, "config": str(config) if config else None}
+    source = data.get("source") or (f"no saved settings: the encoder's image size {engine.image_size} and the "
+                                    "default mean / std")
+    return engine, {"hparams": hp, "data": data, "config": source}
 
 
 def parse_moment(text: str) -> float:

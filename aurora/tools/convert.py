@@ -28,8 +28,15 @@ name, so ``load_state_dict(strict=True)`` takes the file as it is), and ``OUT.js
     model = load_converted("rwkv6-1b6.safetensors")            # kwargs such as backend="chunked" override
     # which is: model = RNN.build(json.load(open("rwkv6-1b6.json"))); model.load_state_dict(load_file(...))
 
-A recipe points at the file with ``model.rnn: {checkpoint: PATH.safetensors}`` (any other key, such as
-``backend``, overrides the JSON's); from Python, :func:`aurora.checkpoint.load_converted` (or the two lines above).
+The source's tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.json /
+merges.txt ...; those in a source directory, or beside a source file) are copied into ``OUT.tokenizer/``.
+
+A recipe points at the converted weights with ``model.rnn: {checkpoint: PATH.safetensors}`` (any other key, such
+as ``backend``, overrides the JSON's) and at the tokenizer with ``data.tokenizer: {name: tokenizer_json, path:
+PATH.tokenizer/tokenizer.json}`` (or ``{name: hf, path: PATH.tokenizer}``); ``aurora convert`` prints both lines.
+A backbone converted without its own tokenizer (BlinkDL's RWKV: the RWKV World vocabulary) keeps the default,
+``rwkv_world``. A tokenizer with more tokens than the embedding has rows is refused before training starts.
+From Python, :func:`aurora.checkpoint.load_converted` (or the two lines above).
 """
 from __future__ import annotations
 
@@ -176,7 +183,58 @@ def convert(backbone: str, src: str | Path, out: str | Path, fmt: str = "auto", 
         for p in (tmp_w, tmp_j):
             if p.exists():
                 p.unlink()
+    copy_tokenizer(src, out)
     return spec
+
+
+def tokenizer_folder(out: str | Path) -> Path:
+    """Where the tokenizer files of a conversion to ``out`` go: ``OUT.tokenizer/`` beside the weights."""
+    out = Path(out)
+    return out.with_name(out.stem + ".tokenizer")
+
+
+def copy_tokenizer(src: str | Path, out: str | Path) -> list[Path]:
+    """Copy the source checkpoint's tokenizer files into :func:`tokenizer_folder` (atomically: a temporary folder
+    renamed into place, replacing an earlier conversion's); returns the copied files (none: nothing written)."""
+    import shutil
+
+    from aurora.data.tokenizers import tokenizer_files
+
+    files = tokenizer_files(src)
+    dest = tokenizer_folder(out)
+    if not files:
+        if dest.is_dir():  # an earlier conversion's tokenizer does not belong to this source
+            shutil.rmtree(dest)
+        return []
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return [dest / f.name for f in files]
+
+
+def recipe_lines(out: str | Path) -> list[str]:
+    """The recipe lines that point at a conversion's weights and (if copied) its tokenizer."""
+    out = Path(out)
+    lines = [f"model.rnn: {{checkpoint: {out}}}"]
+    tok = tokenizer_folder(out)
+    if (tok / "tokenizer.json").is_file():
+        lines.append(f"data.tokenizer: {{name: tokenizer_json, path: {tok / 'tokenizer.json'}}}")
+    elif tok.is_dir():
+        lines.append(f"data.tokenizer: {{name: hf, path: {tok}}}")
+    else:
+        lines.append("data.tokenizer: rwkv_world (the source had no tokenizer files; give the backbone's own if it "
+                     "has another vocabulary)")
+    return lines
 
 
 def _a(word: str) -> str:
@@ -249,8 +307,11 @@ def convert_main(argv: list[str]) -> int:
               "traceback)", file=sys.stderr)
         return 2
     out = Path(args.out)
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    tok = tokenizer_folder(out)
+    print(f"wrote {out} and {out.with_suffix('.json')}" + (f", and the tokenizer files into {tok}/"
+                                                           if tok.is_dir() else ""))
     print(json.dumps(spec))
+    print("a recipe uses them with:\n  " + "\n  ".join(recipe_lines(out)))
     return 0
 
 

@@ -62,7 +62,8 @@ def parts_main(argv: list[str]) -> int:
     regs = registries()
     if args.kind is None:
         for kind, reg in regs.items():
-            where = {"benchmark": "aurora eval --benchmark", "order": "recipe key model.merge.order"}.get(
+            where = {"benchmark": "aurora eval --benchmark", "order": "recipe key model.merge.order",
+                     "tokenizer": "recipe key data.tokenizer"}.get(
                 kind, f"recipe key model.{kind}")
             print(f"{kind} ({reg.plural}; {where}; `aurora parts {kind}` for arguments):")
             for name in reg.names():

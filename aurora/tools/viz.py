@@ -313,6 +313,12 @@ def run_merge(video: str, config: str, ckpt: str | None = None, frames: int | No
     """Everything ``aurora viz merge`` computes, without drawing."""
     recipe = load_recipe(config)
     data = section(recipe, "data")
+    if ckpt is not None:  # a checkpoint's own inference settings (frames, image size, mean / std) win
+        from aurora.infer.runconfig import inference_settings
+
+        saved = inference_settings(ckpt, required=False)
+        if saved.get("source") is not None:
+            data = {**data, **{k: v for k, v in saved.items() if v is not None}}
     num = frames if frames is not None else int(data.get("num_frames") or 4)
     if num < 1:
         raise VizError(f"--frames must be >= 1, got {num}")

@@ -76,6 +76,48 @@ class SafeCheckpoints:
                     f"--ckpt_path {ckpt_path} holds another architecture than the recipe: " + "; ".join(diff)
                     + " (give the recipe the checkpoint was trained with, or use model.init_from with init_parts)")
         super()._parse_ckpt_path()
+        if ckpt_path and Path(ckpt_path).is_file() and sub in ("validate", "test", "predict"):
+            # after Lightning's re-parse of the config with the checkpoint's hyperparameters
+            data_from_checkpoint(self.config[sub], ckpt, getattr(self, "_aurora_argv", []), ckpt_path)
+
+
+def data_from_checkpoint(cfg: Any, ckpt: dict[str, Any], argv: list[str], where: str) -> list[str]:
+    """``validate`` / ``test`` / ``predict`` with a checkpoint read the videos as it was trained: the inference
+    settings it carries (frames or fps, image size, mean / std, template, tokenizer) replace the recipe's, except
+    those given on the command line (``--data.num_frames=16`` evaluates on 16 frames). The replaced keys are said
+    in one log line; returns them."""
+    import logging
+
+    from aurora.checkpoint import checkpoint_inference
+
+    saved = checkpoint_inference(ckpt)
+    data = cfg.get("data") if hasattr(cfg, "get") else None
+    if saved is None or data is None:
+        return []
+    given = {a.split("=", 1)[0][len("--data."):].split(".")[0] for a in argv if a.startswith("--data.")}
+    changed = []
+    for key, value in saved.items():
+        if key in given or key not in data:
+            continue
+        now = _plain(data.get(key))
+        if key == "template":  # the recipe's fields over the defaults, as the datamodule builds it
+            import dataclasses
+
+            from aurora.data.prompt import PromptTemplate
+
+            now = dataclasses.asdict(PromptTemplate(**(now or {})))
+        now = list(now) if isinstance(now, tuple) else now
+        want = list(value) if isinstance(value, tuple) else value
+        if key in ("mean", "std") and now is not None:
+            now = [float(x) for x in now]
+        if now != want:
+            changed.append(f"{key} {now!r} -> {want!r}")
+            data[key] = tuple(want) if key in ("mean", "std") else want
+    if changed:
+        logging.getLogger(__name__).warning(
+            "data settings from the checkpoint %s (as it was trained; --data.KEY=VALUE overrides): %s",
+            where, "; ".join(changed))
+    return changed
 
 
 def _plain(value: Any) -> Any:
@@ -138,6 +180,153 @@ def checkpoints_follow_root(config: Any) -> None:
             args["dirpath"] = str(Path(root) / "checkpoints")
 
 
+SWITCHABLE = ("vision", "merge", "projector", "rnn")
+
+
+def _given(argv: list[str], prefix: str) -> dict[str, str]:
+    """``--prefix.KEY=VALUE`` / ``--prefix.KEY VALUE`` on the command line: {KEY: VALUE} (the last one wins)."""
+    out: dict[str, str] = {}
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{prefix}."):
+            key, eq, value = a[len(prefix) + 3:].partition("=")
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+            out[key.split(".")[0]] = value
+    return out
+
+
+def _recipe_name(argv: list[str], part: str) -> str | None:
+    """The name the ``--config`` recipes (the last that names one) give ``model.<part>``, or None."""
+    import yaml
+
+    name = None
+    for i, a in enumerate(argv):
+        path = a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1] if a in ("--config", "-c") and \
+            i + 1 < len(argv) else None
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            recipe = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        model = recipe.get("model") if isinstance(recipe, dict) else None
+        model = (model.get("init_args") or model) if isinstance(model, dict) and "init_args" in model else model
+        spec = model.get(part) if isinstance(model, dict) else None
+        if isinstance(spec, dict) and spec.get("name"):
+            name = spec["name"]
+        elif isinstance(spec, str):
+            name = spec
+    return name
+
+
+def switch_parts(model: Any, argv: list[str]) -> str:
+    """``--model.rnn.name=mamba`` on a recipe whose rnn arguments are rwkv6's: a part whose name the command line
+    switches starts from that part's own defaults, keeping only the recipe's arguments it takes (``d_model``,
+    ``n_layer`` ...; not rwkv6's ``head_size``) and every argument the command line gives for it (checked as
+    usual: a wrong one is named with the closest). Same for vision, merge and projector. ``model`` (the parsed
+    model section) is changed in place; returns the log line saying what was dropped ('' when nothing was
+    switched)."""
+    from aurora.registry import MERGE, PROJECTOR, RNN, VISION
+
+    if model is None or not hasattr(model, "get"):
+        return ""
+    if model.get("init_args") is not None:
+        model = model["init_args"]
+    registries = {"vision": VISION, "merge": MERGE, "projector": PROJECTOR, "rnn": RNN}
+    said = []
+    for part in SWITCHABLE:
+        given = _given(argv, f"model.{part}")
+        spec = _plain(model.get(part)) if part in model else None
+        if "name" not in given or not isinstance(spec, dict) or spec.get("name") is None:
+            continue
+        name = spec["name"]
+        if _recipe_name(argv, part) in (None, name):
+            continue  # not switched: the recipe's arguments stay (a typo among them is named when it is built)
+        reg = registries[part]
+        if name not in reg:
+            continue  # an unknown name: the registry's error (with the known names) comes when it is built
+        args = reg.arguments(name)
+        takes = None if args is None else {a.name for a in args}
+        kept, dropped = {"name": name}, []
+        for key, value in spec.items():
+            if key == "name":
+                continue
+            if key in given or takes is None or key in takes:
+                kept[key] = value
+            else:
+                dropped.append(key)
+        if dropped:
+            model[part] = kept
+            said.append(f"model.{part}: {name} takes no {', '.join(sorted(dropped))} (the recipe's arguments for "
+                        f"another {part}); dropped, {name}'s own defaults apply")
+    return "; ".join(said)
+
+
+SPLIT_OF = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}
+SPECIAL_CKPT = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
+
+
+def _local(path: str) -> bool:
+    return "://" not in path and not path.startswith("pipe:")
+
+
+def check_paths(cfg: Any, subcommand: str) -> None:
+    """Every path the run needs, checked before any model is built (one line naming the key and the path, instead
+    of a failure minutes later or deep in a traceback): ``--ckpt_path``, ``model.init_from``, a converted backbone
+    (``model.rnn.checkpoint`` and its .json), a local ``model.vision.pretrained`` folder, and the data: the
+    ``data.*_shards`` of this subcommand's split, or ``data.data_dir`` holding a dataset (unless
+    ``data.synthetic`` writes one there)."""
+    get = (lambda d, k: d.get(k) if hasattr(d, "get") else None)  # noqa: E731
+    ckpt = get(cfg, "ckpt_path")
+    if ckpt and str(ckpt) not in SPECIAL_CKPT and _local(str(ckpt)) and not Path(str(ckpt)).is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt} not found" + (" (it is a directory)" if Path(str(ckpt)).is_dir()
+                                                                    else ""))
+    model = get(cfg, "model")
+    if model is not None and get(model, "init_args") is not None:
+        model = get(model, "init_args")
+    init_from = get(model, "init_from") if model is not None else None
+    if init_from and _local(str(init_from)) and not Path(str(init_from)).exists():
+        raise FileNotFoundError(f"model.init_from {init_from} not found: run the stage that writes it first (the "
+                                "recipe's header names it), or set --model.init_from=null")
+    rnn = _plain(get(model, "rnn")) if model is not None else None
+    if isinstance(rnn, dict) and rnn.get("checkpoint"):
+        path = Path(str(rnn["checkpoint"]))
+        if not path.is_file():
+            raise FileNotFoundError(f"model.rnn.checkpoint {path} not found (a file `aurora convert` writes)")
+        if not path.with_suffix(".json").is_file():
+            raise FileNotFoundError(f"model.rnn.checkpoint {path}: its {path.with_suffix('.json').name} (the "
+                                    "constructor arguments aurora convert writes beside it) is missing")
+    vision = _plain(get(model, "vision")) if model is not None else None
+    pretrained = vision.get("pretrained") if isinstance(vision, dict) else None
+    if pretrained and not Path(str(pretrained)).exists():
+        raise FileNotFoundError(f"model.vision.pretrained {pretrained} not found (a local Hugging Face folder; "
+                                "nothing is downloaded)")
+    data = get(cfg, "data")
+    if data is None or get(data, "init_args") is not None or not hasattr(data, "get") or "data_dir" not in data:
+        return  # not an AuroraDataModule section (the vision stage's data): its own checks apply
+    split = SPLIT_OF.get(subcommand, "train")
+    shards = _plain(get(data, f"{split}_shards"))
+    if shards:
+        from aurora.data.shards import expand_shards
+
+        try:
+            expand_shards(shards)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"data.{split}_shards: {e}") from None
+        return
+    data_dir = get(data, "data_dir")
+    if data_dir is None:
+        raise FileNotFoundError(f"no data for {subcommand}: give data.data_dir or data.{split}_shards")
+    if get(data, "synthetic") is not None:
+        return  # written there on first use (prepare_data)
+    manifest = Path(str(data_dir)) / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"data.data_dir {data_dir} holds no dataset ({'no manifest.json' if Path(str(data_dir)).is_dir() else 'no such folder'}); "
+            f"write one with `aurora data synthetic --out {data_dir}` or `aurora data convert`, or give "
+            f"data.{split}_shards")
+
+
 class _OwnArgv:
     """LightningCLI warns ("args parameter is intended to run from within Python") when both ``args`` and
     sys.argv are given; ``aurora`` passes the command's own arguments as ``args``, so sys.argv is hidden while
@@ -147,14 +336,24 @@ class _OwnArgv:
         import sys
 
         saved, sys.argv = sys.argv, sys.argv[:1]
+        self._aurora_argv = [str(a) for a in (args or [])]
         try:
             super().parse_arguments(parser, args)
         finally:
             sys.argv = saved
+        sub = self.config.get("subcommand")
+        cfg = self.config.get(sub) if sub else self.config
+        self._switched = switch_parts(cfg.get("model") if hasattr(cfg, "get") else None, self._aurora_argv)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand) if self.subcommand else self.config
         checkpoints_follow_root(cfg)
+        check_paths(cfg, self.subcommand or "fit")
+        switch_report = getattr(self, "_switched", None)
+        if switch_report:
+            import logging
+
+            logging.getLogger(__name__).warning("%s", switch_report)
 
 
 class AuroraCLI(SafeCheckpoints, _OwnArgv, LightningCLI):

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from aurora.checkpoint import MODEL_PREFIX, load_weights, read_checkpoint
+from aurora.checkpoint import INFERENCE_KEY, MODEL_PREFIX, load_weights, read_checkpoint
 from aurora.evaluation.metrics import AnswerAccuracy
 from aurora.lora import apply_lora
 from aurora.model import AuroraModel
@@ -194,8 +194,24 @@ class AuroraModule(L.LightningModule):
         if self.hparams.nonfinite == "skip":
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), rank_zero_only=True)
 
+    def setup(self, stage: str) -> None:
+        """Before any step: the datamodule's tokenizer must fit the language model's embedding (a larger vocabulary
+        would fail mid-step as a bare ``IndexError: index out of range in self``)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tok = getattr(dm, "tokenizer", None)
+        if tok is not None:
+            from aurora.data.tokenizers import check_vocabulary
+
+            rnn = self.hparams.rnn
+            name = (rnn.get("name") or "converted") if hasattr(rnn, "get") else rnn
+            check_vocabulary(tok, self.model.rnn.vocab_size, f"the rnn backbone {name!r}")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        record = inference_record(dm)
+        if record is not None:  # what ask / eval / viz / predict / Aurora.from_pretrained read the video with
+            checkpoint[INFERENCE_KEY] = record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
@@ -309,6 +325,26 @@ class AuroraModule(L.LightningModule):
         total = math.ceil(per_epoch / trainer.accumulate_grad_batches) * epochs
         log.info("schedule length from the manifest: %d samples -> %d optimiser steps", count, total)
         return total
+
+
+def inference_record(dm: Any) -> dict[str, Any] | None:
+    """What inference needs from the datamodule a model trained with (plain values: read ``weights_only``), or
+    None when there is no AuroraDataModule-like datamodule."""
+    import dataclasses
+
+    if dm is None or not all(hasattr(dm, a) for a in ("num_frames", "image_size", "mean", "std", "template")):
+        return None
+    sampling = getattr(dm, "sampling", None) or {}
+    tok = getattr(dm, "tokenizer", None)
+    fps = sampling.get("fps")
+    return {
+        "num_frames": None if fps is not None else int(dm.num_frames), "fps": None if fps is None else float(fps),
+        "max_frames": sampling.get("max_frames"), "image_size": int(dm.image_size),
+        "mean": [float(x) for x in dm.mean], "std": [float(x) for x in dm.std],
+        "template": dataclasses.asdict(dm.template) if dataclasses.is_dataclass(dm.template) else dict(dm.template),
+        "eval_lead": getattr(dm, "eval_lead", None),
+        "tokenizer": dict(getattr(tok, "spec", None) or {"name": "rwkv_world"}),
+    }
 
 
 # -- weights of an earlier stage ---------------------------------------------------------------------------------

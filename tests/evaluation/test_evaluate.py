@@ -419,7 +419,7 @@ def test_aurora_eval_end_to_end_from_a_two_step_fit(videos, tmp_path, monkeypatc
     assert "1 videos missing" in out.err and "mvbench: 3 questions scored" in out.out
     res = json.loads((tmp_path / "eval/results.json").read_text())
     assert res["counts"]["evaluated"] == 3 and res["counts"]["missing_videos"] == 1
-    assert res["settings"]["frames"] == 2 and res["settings"]["recipe"].endswith("runs/demo/config.yaml")
+    assert res["settings"]["frames"] == 2 and res["settings"]["settings_from"] == "the checkpoint last.ckpt"
     assert 0.0 <= res["metrics"]["accuracy"] <= 1.0 and sum(res["extraction"].values()) == 3
     log = json.loads(Path(res["lmms_eval"]["results"]).read_text())
     assert set(log["group_subtasks"]["mvbench"]) == {"mvbench_action_sequence", "mvbench_episodic_reasoning",
