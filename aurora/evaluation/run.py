@@ -199,14 +199,29 @@ class _Scores:
 CHOICES = ("generate", "loglik")
 
 
+def progress_line(name: str, done: int, total: int, seconds: float, records: list[dict[str, Any]],
+                  errors: int = 0) -> str:
+    """One progress line for a log (stderr not a terminal): ``mvbench: 50/300 questions, 12.3 s (0.25 s each),
+    accuracy so far 0.620, 1 skipped``."""
+    text = f"{name}: {done}/{total} questions, {seconds:.1f} s ({seconds / max(done, 1):.2f} s each)"
+    key = "accuracy" if records and "accuracy" in records[0] else "exact_match"
+    if records:
+        text += f", {key} so far {sum(r[key] for r in records) / len(records):.3f}"
+    return text + (f", {errors} skipped" if errors else "")
+
+
 def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
-             prompts: PromptBuilder | None = None, progress: bool = False, choice: str = "generate") -> Report:
+             prompts: PromptBuilder | None = None, progress: bool = False, choice: str = "generate",
+             log_every: int | None = None, log=None) -> Report:
     """Ask ``predict`` every question of ``bench`` (the first ``limit``), read out its answers and score them.
     A video that fails to decode is counted in ``errors`` and left out of the scores (like a missing one).
 
     ``choice`` (multiple choice only): ``generate`` reads the option out of the generated text
     (:func:`extract_choice`); ``loglik`` picks the most likely option letter, scored from one state after the
-    question (``predict.choose(video, prompt, options, ...)``, which :class:`AuroraPredictor` has)."""
+    question (``predict.choose(video, prompt, options, ...)``, which :class:`AuroraPredictor` has).
+
+    ``progress``: a tqdm bar on stderr (a terminal); else ``log_every`` N: a :func:`progress_line` every N questions
+    and after the last, through ``log`` (default: stderr)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if choice not in CHOICES:
@@ -226,7 +241,11 @@ def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
         from tqdm import tqdm
 
         it = tqdm(samples, desc=bench.name, unit="q", file=sys.stderr)
-    for s in it:
+    every = None if progress or not log_every or log_every < 1 else int(log_every)
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    for done, s in enumerate(it, 1):
+        if every and done > 1 and (done - 1) % every == 0:  # the previous question ended a block of N
+            log(progress_line(bench.name, done - 1, len(samples), time.perf_counter() - start, records, len(errors)))
         prompt = prompts(s)
         kwargs = {}
         if s.segment is not None:
@@ -261,6 +280,8 @@ def evaluate(bench: Benchmark, predict: Predictor, limit: int | None = None,
             rec["exact_match"], rec["f1"] = open_ended_scores(response, s.answer)
             scores.update(keys, s, response, None)
         records.append(rec)
+    if every and samples:
+        log(progress_line(bench.name, len(samples), len(samples), time.perf_counter() - start, records, len(errors)))
     n = len(records)
     metrics: dict[str, Any] = {"samples": n}
     per_task: dict[str, dict[str, Any]] = {}
@@ -554,12 +575,17 @@ def eval_main(argv: list[str]) -> int:
                         help="multiple choice: read the option out of the generated text (generate), or pick the "
                              "most likely option letter scored from one state after the question (loglik)")
     parser.add_argument("--out", required=True, help="output folder for results.json and the lmms-eval log")
+    parser.add_argument("--log-every", type=int, default=50, metavar="N",
+                        help="when stderr is not a terminal (a log file, CI): a progress line every N questions "
+                             "(default: %(default)s; 0: none). A terminal gets a progress bar")
     parser.add_argument("--allow-outside-videos", action="store_true",
                         help="read videos whose annotated path resolves outside --videos (refused and counted by "
                              "default)")
     args = parser.parse_args(argv)
     if args.fps is not None and (args.frames is not None or not args.fps > 0):
         parser.error("--fps must be > 0 and replaces --frames (give one of them)")
+    if args.log_every < 0:
+        parser.error(f"--log-every must be >= 0, got {args.log_every}")
     for name in ("frames", "limit", "max_new_tokens", "max_frames"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -575,7 +601,8 @@ def eval_main(argv: list[str]) -> int:
     except (BenchmarkFormatError, CheckpointError, RecipeError, FileNotFoundError) as e:
         print(f"aurora eval: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    report = evaluate(bench, predictor, limit=args.limit, progress=sys.stderr.isatty(), choice=args.choice)
+    report = evaluate(bench, predictor, limit=args.limit, progress=sys.stderr.isatty(), choice=args.choice,
+                      log_every=args.log_every)
     settings = {**predictor.settings, "choice": args.choice, "annotations": args.annotations, "videos": args.videos,
                 "prompt": {"multiple_choice_after": PromptBuilder.mc_after, "open_ended_after": PromptBuilder.open_after}}
     gen = {"max_new_tokens": predictor.max_new_tokens, "do_sample": False, "until": [predictor.template.stop]}

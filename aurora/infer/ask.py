@@ -22,19 +22,74 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------ many videos
 
 
+def count_samples(urls: Sequence[str]) -> int | None:
+    """Samples (keys with an ``.mp4``) in local tar shards, read from their headers only; None when a shard is not
+    a local tar file (the total is then unknown)."""
+    import tarfile
+
+    total = 0
+    for url in urls:
+        if "://" in str(url) or not Path(url).is_file():
+            return None
+        try:
+            with tarfile.open(url) as tar:
+                total += len({m.name.rsplit(".", 1)[0] for m in tar if m.isfile() and m.name.endswith(".mp4")})
+        except (tarfile.TarError, OSError):
+            return None
+    return total
+
+
+def accuracy_text(correct: int, answered: int) -> str:
+    """The running accuracy on the ``--shards`` bar: ``acc 0.750 (3/4)``; ``acc -`` before the first answer."""
+    return f"acc {correct / answered:.3f} ({correct}/{answered})" if answered else "acc -"
+
+
+class SampleBar:
+    """One tqdm bar over a shard set's samples (answered or skipped) with the running accuracy, in place of the
+    engine's bar per video (turned off meanwhile, restored at the end)."""
+
+    def __init__(self, engine: Any, total: int | None, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.engine, self.per_video = engine, getattr(engine, "progress", False)
+        self.bar = tqdm(total=total, unit="sample", desc="answering", disable=not enabled, file=sys.stderr)
+
+    def __enter__(self) -> "SampleBar":
+        if self.per_video:
+            self.engine.progress = False
+        return self
+
+    def show(self, read: int, correct: int, answered: int) -> None:
+        self.bar.set_postfix_str(accuracy_text(correct, answered), refresh=False)
+        self.bar.update(read - self.bar.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+        if self.per_video:
+            self.engine.progress = self.per_video
+
+
 def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str | os.PathLike,
                    frames: int | None = None, fps: float | None = None, gen: Generation | None = None,
-                   limit: int | None = None, max_frames: int | None = None) -> dict[str, Any]:
+                   limit: int | None = None, max_frames: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Answer the question of every sample of a WebDataset shard set (``KEY.mp4`` + ``KEY.json``) with the
     streaming engine; JSON lines ``{id, question, answer, prediction}`` written to ``out`` atomically. A
     sample that cannot be read (bad JSON, undecodable video) is skipped, counted by reason and logged. An
-    annotation's ``start`` / ``end`` seconds narrow the frames read to that window."""
+    annotation's ``start`` / ``end`` seconds narrow the frames read to that window.
+
+    ``progress``: one bar over the samples (stderr) with the running accuracy: the prediction against the
+    annotation's answer, judged as ``aurora test`` judges it (:func:`aurora.evaluation.options.is_correct`). The
+    summary holds that accuracy too."""
     from aurora.data.shards import VideoQADataset, parse_annotation
+    from aurora.evaluation.options import is_correct
 
     ds = VideoQADataset(shards, tokenizer=engine.tokenizer, template=engine.template)
-    written = 0
-    with atomic_open(out) as f:
+    written = correct = 0
+    total = count_samples(ds.urls) if progress else None
+    total = min(total, limit) if total is not None and limit is not None else total
+    with atomic_open(out) as f, SampleBar(engine, total, progress) as bar:
         for raw in ds.raw_samples():
+            bar.show(written + sum(ds.skipped.values()), correct, written)
             key = raw.get("__key__", "?")
             try:
                 if "mp4" not in raw or "json" not in raw:
@@ -60,9 +115,13 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
             f.write(json.dumps({"id": key, "question": question, "answer": answer,
                                 "prediction": pred.text}) + "\n")
             written += 1
+            options = meta.get("options")
+            correct += bool(is_correct(pred.text, answer, options if isinstance(options, list) else None))
             if limit is not None and written >= limit:
                 break
-    return {"written": written, "skipped": dict(ds.skipped), "out": str(Path(out))}
+        bar.show(written + sum(ds.skipped.values()), correct, written)
+    return {"written": written, "skipped": dict(ds.skipped), "out": str(Path(out)),
+            "accuracy": correct / written if written else None}
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -189,7 +248,8 @@ def ask_main(argv: list[str]) -> int:
               f"{engine.device}", file=sys.stderr)
         t0 = time.perf_counter()
         if args.shards:
-            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit, max_frames)
+            summary = predict_shards(engine, args.shards, args.out, frames, fps, gen, args.limit, max_frames,
+                                     progress=not args.no_progress)
             print(json.dumps(summary))
             return 0
         context = args.context if args.context is not None else engine.lead_context(args.question, args.lead)

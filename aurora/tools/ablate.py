@@ -15,6 +15,14 @@ A grid file::
 
 A value that is a mapping replaces the key's whole value (a backbone's arguments differ); ``labels`` name such
 values in the tables. ``base`` is resolved like ``--config`` (a file, else a packaged recipe).
+``--override KEY=VALUE`` (repeatable; VALUE read as YAML) is applied to every cell after the grid's ``overrides``:
+``aurora ablate --grid G --out O --override trainer.max_steps=50``. It may not set an axis' key.
+
+MLflow: when the cells' recipe logs to MLflow (``trainer.logger`` an MLFlowLogger, as the demo recipe's), the grid
+is one parent run (``ablate-<out folder>``, tag ``aurora.stage: ablate``; its id kept in ``<out>/mlflow.json`` so a
+resumed grid reuses it) holding results.md / .csv / .png as artifacts, and every cell is its own run
+(``<cell>-ablate-cell``) nested under it (``mlflow.parentRunId``), tagged with its axis labels
+(``aurora.axis.<name>``), with its training, validation and test metrics.
 
 Each cell writes ``<out>/cells/<cell>/config.yaml`` (the resolved recipe) and, when finished,
 ``result.json`` (atomically): a cell whose result exists is skipped, so an interrupted grid resumes where it
@@ -118,10 +126,30 @@ def cells(grid: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def parse_overrides(items: list[str] | None, grid: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``["trainer.max_steps=50", "model.merge={name: tome}"]`` -> ``{key: value}`` (values read as YAML); an item
+    without ``=``, an empty key or a key that is one of the grid's axes is a GridError."""
+    out: dict[str, Any] = {}
+    axes = {a["key"]: a["name"] for a in (grid or {}).get("axes", [])}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise GridError(f"--override {item!r}: give KEY=VALUE, e.g. trainer.max_steps=50")
+        if key in axes:
+            raise GridError(f"--override {key}: that is axis {axes[key]!r}'s key; change the grid's values instead")
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise GridError(f"--override {item!r}: the value is not YAML ({' '.join(str(e).split())})") from e
+    return out
+
+
 def cell_config(grid: dict[str, Any], cell: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
-    """The base recipe with the grid's overrides, the cell's settings, and its own output directory."""
+    """The base recipe with the grid's overrides, then ``--override``'s (``grid["cli_overrides"]``), the cell's
+    settings, and its own output directory."""
     cfg = yaml.safe_load(Path(resolve(grid["base"])).read_text())
-    for key, value in grid["overrides"].items():
+    for key, value in [*grid["overrides"].items(), *grid.get("cli_overrides", {}).items()]:
         set_dotted(cfg, key, value)
     for key, value in cell["settings"].items():
         set_dotted(cfg, key, value)
@@ -132,14 +160,78 @@ def cell_config(grid: dict[str, Any], cell: dict[str, Any], cell_dir: Path) -> d
 # ------------------------------------------------------------------------------------------------ running
 
 
-def run_cell(cfg_path: Path, log=print, eval_leads: list[str] | None = None) -> dict[str, Any]:
+def mlflow_store(cfg: dict[str, Any]) -> tuple[str, str] | None:
+    """(tracking URI, experiment) of a recipe whose ``trainer.logger`` is an MLFlowLogger, else None."""
+    from aurora.train.lightning_cli import DEFAULT_TRACKING_URI
+
+    logger = (cfg.get("trainer") or {}).get("logger")
+    loggers = logger if isinstance(logger, list) else [logger]
+    for lg in loggers:
+        if isinstance(lg, dict) and str(lg.get("class_path", "")).endswith("MLFlowLogger"):
+            args = lg.get("init_args") or {}
+            return str(args.get("tracking_uri") or DEFAULT_TRACKING_URI), str(args.get("experiment_name") or "aurora")
+    return None
+
+
+class GridRun:
+    """The grid's parent MLflow run: created on first use (or taken from ``<out>/mlflow.json``, so a resumed grid
+    reuses it), its cells nested under it, the reports attached at the end."""
+
+    def __init__(self, out: Path, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from aurora.train.tracking import MLFlowLogger, RUN_TAG, STAGE_TAG, canonical_uri
+
+        self.uri, self.path = canonical_uri(uri), out / "mlflow.json"
+        artifacts = MLFlowLogger(experiment, uri)._artifact_location  # makes the database's folder; beside it
+        self.client = MlflowClient(tracking_uri=self.uri)
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.run_id = None
+        if old.get("tracking_uri") == self.uri:
+            try:
+                self.run_id = self.client.get_run(old["run_id"]).info.run_id
+            except Exception:  # deleted, or another database: a new parent run
+                self.run_id = None
+        if self.run_id is None:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                experiment, artifact_location=artifacts)
+            name = f"ablate-{out.resolve().name}"
+            self.run_id = self.client.create_run(exp_id, run_name=name, tags={
+                STAGE_TAG: "ablate", RUN_TAG: out.resolve().name}).info.run_id
+            write_json(self.path, {"tracking_uri": self.uri, "run_id": self.run_id})
+
+    @property
+    def link(self) -> dict[str, str]:
+        return {"tracking_uri": self.uri, "run_id": self.run_id}
+
+    def finish(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        for name in ("results.md", "results.csv", "results.png"):
+            if (out / name).is_file():
+                self.client.log_artifact(self.run_id, str(out / name))
+        if rows:
+            best = max(rows, key=lambda r: r["accuracy"])
+            self.client.log_metric(self.run_id, "best_accuracy", float(best["accuracy"]))
+            self.client.set_tag(self.run_id, "aurora.best_cell", best["cell"])
+        self.client.log_metric(self.run_id, "cells", float(len(rows)))
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def run_cell(cfg_path: Path, log=print, eval_leads: list[str] | None = None,
+             parent: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one cell, then evaluate: loss and token accuracy on the validation split, answer accuracy (overall
     and per category) by generation on the held-out test split; for each of ``eval_leads`` the same test with that
-    lead read before the video (``generic`` / ``none``: what answering from one reused state gets)."""
+    lead read before the video (``generic`` / ``none``: what answering from one reused state gets). With an MLflow
+    logger the cell's run is named ``<cell>-ablate-cell``, nested under ``parent`` (the grid's run) and tagged with
+    its ``labels``."""
     from aurora.train.lightning_cli import AuroraCLI
+    from aurora.train.tracking import mlflow_loggers, set_identity, tag_runs
 
     cli = AuroraCLI(args=["--config", str(cfg_path)], run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    tag_runs(trainer, "ablate-cell", run=cfg_path.parent.name, parent=parent)
+    for lg in mlflow_loggers(trainer):
+        set_identity(lg, "", {f"aurora.axis.{k}": str(v) for k, v in (labels or {}).items()})
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     train_s = time.perf_counter() - t0
@@ -175,11 +267,17 @@ def run_cell(cfg_path: Path, log=print, eval_leads: list[str] | None = None) -> 
     return result
 
 
-def run_grid(grid_path: str | Path, out: str | Path, log=print) -> list[dict[str, Any]]:
+def run_grid(grid_path: str | Path, out: str | Path, log=print,
+             overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run every cell not finished before (``overrides``: ``--override``'s, applied to every cell), then write the
+    reports; see the module's docstring."""
     grid = load_grid(grid_path)
+    grid["cli_overrides"] = dict(overrides or {})
     out = Path(out)
     todo = cells(grid)
     rows = []
+    store = mlflow_store(cell_config(grid, todo[0], out / "cells" / todo[0]["name"])) if todo else None
+    parent = GridRun(out, *store) if store else None
     for i, cell in enumerate(todo, 1):
         cell_dir = out / "cells" / cell["name"]
         result_path = cell_dir / RESULT
@@ -192,10 +290,13 @@ def run_grid(grid_path: str | Path, out: str | Path, log=print) -> list[dict[str
         cfg_path = cell_dir / "config.yaml"
         atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
         result = {"cell": cell["name"], "labels": cell["labels"], "settings": cell["settings"],
-                  **run_cell(cfg_path, log, grid.get("eval_leads"))}
+                  **run_cell(cfg_path, log, grid.get("eval_leads"), parent and parent.link, cell["labels"])}
         write_json(result_path, result)
         rows.append(result)
     write_reports(grid, rows, out)
+    if parent is not None:
+        parent.finish(out, rows)
+        log(f"[ablate] MLflow: grid run {parent.run_id} in {parent.uri}, one nested run per cell")
     return rows
 
 
@@ -244,29 +345,42 @@ def write_reports(grid: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     write_plot(grid, rows, out / "results.png")
 
 
-def write_plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: overall and per-category accuracy of every cell, chance as a dashed line."""
+def plot_figure(grid: dict[str, Any], rows: list[dict[str, Any]]):
+    """Grouped bars: overall and per-category accuracy of every cell, each bar annotated with its value (a 0.00
+    or a row of equal values stays readable: a bar of height 0 still shows its number), chance as a dashed line,
+    the y axis 0 to 1 plus room for the labels. Returns the matplotlib figure."""
     plt = pyplot("aurora ablate")
 
     cats = ["overall", *_categories(rows)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) * max(1, len(cats)) / 4 + 2), 4.6))
     width = 0.8 / len(cats)
+    fontsize = 7 if len(rows) * len(cats) <= 24 else 5
     for j, c in enumerate(cats):
         ys = [r["accuracy"] if c == "overall" else r["per_category"].get(c, 0.0) for r in rows]
-        ax.bar([i + (j - (len(cats) - 1) / 2) * width for i in range(len(rows))], ys, width, label=c)
+        bars = ax.bar([i + (j - (len(cats) - 1) / 2) * width for i in range(len(rows))], ys, width, label=c)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], padding=1.5, fontsize=fontsize,
+                     rotation=90 if len(cats) > 3 else 0)
     if rows:
-        ax.axhline(sum(r["chance"] for r in rows) / len(rows), color="black", ls="--", lw=1, label="chance")
+        chance = sum(r["chance"] for r in rows) / len(rows)
+        ax.axhline(chance, color="black", ls="--", lw=1, label=f"chance {chance:.2f}")
     axes = [a["name"] for a in grid["axes"] if len(a["values"]) > 1] or [grid["axes"][0]["name"]]
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(["\n".join(f"{a}={r['labels'][a]}" for a in axes) for r in rows], fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylim(0, 1.22)  # accuracies: 0..1, plus room for the labels above a bar of 1.00 and the legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("held-out answer accuracy")
     steps = sorted({r["train_steps"] for r in rows})
     ax.set_title(f"ablation grid ({len(rows)} cells, {'/'.join(map(str, steps))} training steps)", fontsize=10)
-    ax.legend(fontsize=8, ncol=len(cats) + 1, loc="upper right")
+    ax.legend(fontsize=7, ncol=len(cats) + 1, loc="upper center")
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
+
+
+def write_plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
+    """:func:`plot_figure` written to ``path`` (PNG, atomically)."""
+    save_figure(plot_figure(grid, rows), path)
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -278,15 +392,19 @@ def ablate_main(argv: list[str]) -> int:
     parser.add_argument("--grid", required=True, help="the grid YAML (recipes/ablations/*.yaml)")
     parser.add_argument("--out", required=True, help="output directory (cells/, results.csv/.md/.png)")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted recipe key set in every cell, after the grid's overrides (repeatable; VALUE "
+                             "is YAML), e.g. --override trainer.max_steps=50 --override data.batch_size=8")
     args = parser.parse_args(argv)
     try:
         path = resolve(args.grid)  # the file itself, else a packaged recipe of that name
         grid = load_grid(path)
+        overrides = parse_overrides(args.override, grid)
         if args.list:
             for cell in cells(grid):
                 print(cell["name"])
             return 0
-        rows = run_grid(path, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
+        rows = run_grid(path, args.out, log=lambda s: print(s, file=sys.stderr, flush=True), overrides=overrides)
     except (GridError, FileNotFoundError) as e:
         parser.error(str(e))
     head, body = table_rows(grid, rows)

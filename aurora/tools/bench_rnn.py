@@ -325,35 +325,47 @@ def targets(records: list[dict[str, Any]], at: int = 4096, speedup: float = 10.0
     return out
 
 
-def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
+def plot_figure(records: list[dict[str, Any]]):
+    """Three panels over the sequence length T, one colour per backbone: prefill throughput (chunked solid,
+    streamed dashed), step latency (ms per single-token decode step after a T-token prefill: a recurrent state
+    stays flat, a Transformer's KV cache grows) and peak memory. Returns the matplotlib figure."""
     plt = pyplot("aurora bench")
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax_t, ax_s, ax_m) = plt.subplots(1, 3, figsize=(17, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = list(dict.fromkeys(r["backbone"] for r in records))
     for i, name in enumerate(names):
         rs = sorted((r for r in records if r["backbone"] == name), key=lambda r: r["T"])
         c = colours[i % len(colours)]
         for ax, key, style, label in ((ax_t, "chunked_tok_s", "-o", name), (ax_t, "streamed_tok_s", "--x", None),
+                                      (ax_s, "step_ms", "-o", name),
                                       (ax_m, "peak_mem_chunked_mib", "-o", name),
                                       (ax_m, "peak_mem_streamed_mib", "--x", None)):
-            pts = [(r["T"], r[key]) for r in rs if r[key]]
+            pts = [(r["T"], r[key]) for r in rs if r.get(key)]
             if pts:
                 ax.plot(*zip(*pts), style, color=c, label=label)
     r0 = records[0] if records else {}
     where = f"{r0.get('device', '?')} {r0.get('dtype', '')}, d_model {r0.get('d_model')}, {r0.get('n_layer')} layers"
-    for ax, title, ylabel in ((ax_t, "prefill throughput", "tokens / s"),
-                              (ax_m, "peak memory above weights + inputs", "MiB")):
+    steps = r0.get("steps")
+    for ax, title, ylabel in ((ax_t, "prefill throughput\n(solid: chunked, dashed: streamed)", "tokens / s"),
+                              (ax_s, f"step latency: one token after a T-token prefill\n(mean of {steps} steps, "
+                                     f"batch {r0.get('batch')})", "ms per decode step"),
+                              (ax_m, "peak memory above weights + inputs\n(solid: chunked, dashed: streamed)", "MiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length T")
+        ax.set_xlabel("sequence length T (context)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}\n({where}; solid: chunked, dashed: streamed)", fontsize=9)
+        ax.set_title(f"{title}; {where}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if names:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
+
+
+def write_plot(records: list[dict[str, Any]], path: str | Path) -> None:
+    """:func:`plot_figure` written to ``path`` (PNG, atomically)."""
+    save_figure(plot_figure(records), path)
 
 
 # ------------------------------------------------------------------------------------------------ command

@@ -3,9 +3,11 @@
     aurora viz merge --video V.mp4 --config recipes/demo.yaml [--ckpt last.ckpt] [--frames N] [--out merge.png]
 
 ``merge`` runs the recipe's vision encoder with its token merge (``model.vision`` + ``model.merge``) on frames
-sampled uniformly from a video, with the datamodule's preprocessing, and draws every frame with its merged
-tokens: each token's patches filled in one colour, labelled ``k:s`` where ``k`` is the token's place in the order
-the language model reads the frame's tokens (its row in ``VisualTokens.tokens``) and ``s`` its size in patches.
+sampled uniformly from a video, with the datamodule's preprocessing, and draws every frame twice, side by side: the
+frame as the encoder saw it, and the same frame with its merged tokens: each token's patches filled in one colour
+(neighbouring tokens never share one: a greedy colouring of the tokens' adjacency over a qualitative palette),
+labelled ``k:s`` where ``k`` is the token's place in the order the language model reads the frame's tokens (its row
+in ``VisualTokens.tokens``) and ``s`` its size in patches.
 Without ``--ckpt`` the encoder has random weights (seeded by the recipe's ``seed_everything``), so the merges show
 an untrained encoder; ``--ckpt`` loads the ``model.vision.*`` weights of a Lightning checkpoint.
 """
@@ -215,43 +217,86 @@ def token_colours(n: int) -> list[tuple[float, float, float]]:
             for i in range(n)]
 
 
+def adjacent_tokens(assignment: Tensor) -> set[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a < b``, of tokens holding two patches side by side or one above the other in a frame's
+    (gh, gw) patch assignment."""
+    a = assignment
+    pairs = torch.cat([torch.stack([a[:, :-1], a[:, 1:]], -1).reshape(-1, 2),
+                       torch.stack([a[:-1, :], a[1:, :]], -1).reshape(-1, 2)])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]].sort(1).values
+    return {(int(x), int(y)) for x, y in pairs.unique(dim=0).tolist()}
+
+
+def colour_tokens(assignment: Tensor, sizes: Tensor, palette: int = 10) -> list[int]:
+    """A palette index per token such that adjacent tokens (:func:`adjacent_tokens`) never share one: greedy
+    graph colouring, the most connected (then largest) tokens first, each taking the least used index none of its
+    coloured neighbours has. It stays within ``palette`` colours when it can (a frame's tokens are nearly planar:
+    greedy needs about 4 to 6) and goes past it only when a token's neighbours already hold them all."""
+    n = int(sizes.shape[0])
+    nbrs: list[set[int]] = [set() for _ in range(n)]
+    for x, y in adjacent_tokens(assignment):
+        nbrs[x].add(y)
+        nbrs[y].add(x)
+    order = sorted(range(n), key=lambda k: (-len(nbrs[k]), -float(sizes[k]), k))
+    colour = [-1] * n
+    used = [0] * palette
+    for k in order:
+        taken = {colour[j] for j in nbrs[k] if colour[j] >= 0}
+        free = [c for c in range(len(used)) if c not in taken]
+        if not free:
+            used.append(0)
+            free = [len(used) - 1]
+        c = min(free, key=lambda c: (used[c], c))
+        colour[k] = c
+        used[c] += 1
+    return colour
+
+
+def frame_colours(mm: MergeMap, frame: int) -> Tensor:
+    """(n, 3) RGB per token of ``frame``: :func:`colour_tokens` over tab10 (qualitative), more hues if needed."""
+    idx = colour_tokens(mm.assignment[frame], mm.sizes[frame])
+    palette = token_colours(max(max(idx, default=0) + 1, 10))
+    return torch.tensor([palette[c] for c in idx], dtype=torch.float64)
+
+
 # ------------------------------------------------------------------------------------------------ drawing
 
 
-def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
-    """One panel per frame: the frame, each token's patches filled in its colour, token edges, ``k:size`` labels."""
+def figure(mm: MergeMap, title: str = "", alpha: float = 0.6):
+    """Two panels per frame, side by side: the frame as the encoder saw it, then the same frame with each token's
+    patches filled in its colour, token edges and ``k:size`` labels. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.collections import LineCollection
 
     f = mm.images.shape[0]
     gh, gw = mm.assignment.shape[1:]
     size_px = mm.images.shape[1]
-    cols = min(f, 4)
-    rows = (f + cols - 1) // cols
-    panel = 3.6
+    pairs = min(f, 2)  # frames per row; each frame takes two panels
+    cols, rows = 2 * pairs, (f + pairs - 1) // pairs
+    panel = 3.0
     width = max(panel * cols, 7.5)  # room for the title
     title = "\n".join(textwrap.fill(line, width=int(width * 11)) for line in title.splitlines())
     head = 0.19 * (title.count("\n") + 1) + 0.15  # inches of title above the panels
-    height = panel * rows + head
+    height = (panel + 0.35) * rows + head
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, layout="constrained")
-    palette = np.array(token_colours(mm.tokens_per_frame))
-    fontsize = max(4.0, min(9.0, 150.0 / max(gh, gw)))
+    fontsize = max(4.0, min(9.0, 130.0 / max(gh, gw)))
     p = mm.patch_size
-    for i, ax in enumerate(axes.flat):
+    for ax in axes.flat:
         ax.set_axis_off()
-        if i >= f:
-            continue
+    for i in range(f):
+        raw_ax, ax = axes[i // pairs, 2 * (i % pairs)], axes[i // pairs, 2 * (i % pairs) + 1]
+        image = mm.images[i].numpy()
+        idx = f"frame {mm.frame_indices[i]} of 0..{mm.total_frames - 1}" if mm.frame_indices else f"frame {i}"
+        raw_ax.imshow(image, extent=(0, size_px, size_px, 0), interpolation="nearest")
+        raw_ax.set_title(f"{idx}: as the encoder sees it", fontsize=8)
         a = mm.assignment[i].numpy()
         h, w = gh * p, gw * p  # the patch grid may stop short of the image's edge
-        ax.imshow(mm.images[i].numpy(), extent=(0, size_px, size_px, 0), interpolation="nearest")
-        # the most distinct colours go to the largest tokens, which cover most of the frame
-        rank = torch.sort(-mm.sizes[i].to(torch.float64), stable=True).indices.numpy()
-        colours = np.empty_like(palette)
-        colours[rank] = palette
-        ax.imshow(colours[a], extent=(0, w, h, 0), alpha=alpha, interpolation="nearest")
+        ax.imshow(image, extent=(0, size_px, size_px, 0), interpolation="nearest")
+        ax.imshow(frame_colours(mm, i).numpy()[a], extent=(0, w, h, 0), alpha=alpha, interpolation="nearest")
         segs = []  # an edge wherever two neighbouring patches belong to different tokens
         for r in range(gh):
             for c in range(gw):
@@ -259,8 +304,6 @@ def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0
                     segs.append([((c + 1) * p, r * p), ((c + 1) * p, (r + 1) * p)])
                 if r + 1 < gh and a[r, c] != a[r + 1, c]:
                     segs.append([(c * p, (r + 1) * p), ((c + 1) * p, (r + 1) * p)])
-        from matplotlib.collections import LineCollection
-
         ax.add_collection(LineCollection(segs, colors="white", linewidths=0.8))
         off_grid = []
         for k, s, where in token_labels(mm, i):
@@ -272,12 +315,17 @@ def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0
                     fontsize=fontsize, color="black", bbox=dict(boxstyle="round,pad=0.1", fc=(1, 1, 1, 0.75), lw=0))
         ax.set_xlim(0, size_px)
         ax.set_ylim(size_px, 0)
-        idx = f"frame {mm.frame_indices[i]} of 0..{mm.total_frames - 1}" if mm.frame_indices else f"frame {i}"
+        merged = f"{mm.tokens_per_frame} merged tokens"
         if off_grid:  # tokens without a patch of their own: the class token
-            idx += f"\nclass token (no patch): {', '.join(off_grid)}"
-        ax.set_title(idx, fontsize=9)
+            merged += f"\nclass token (no patch): {', '.join(off_grid)}"
+        ax.set_title(merged, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    return save_figure(fig, out)
+    return fig
+
+
+def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
+    """:func:`figure` written to ``out`` (PNG, atomically)."""
+    return save_figure(figure(mm, title, alpha), out)
 
 
 def describe(mm: MergeMap) -> str:

@@ -1,4 +1,5 @@
-"""Callbacks and plugins used by the recipes."""
+"""Callbacks and plugins used by the recipes and added by ``aurora``: atomic checkpoints, the predictions writer,
+the learning-rate monitor and the progress bar with honest texts."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ from typing import Any, Sequence
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
 
 from aurora.io import atomic_open, atomic_write, remove_stale_temporaries
 
@@ -90,3 +92,95 @@ class JsonlPredictionWriter(BasePredictionWriter):
             for batch in predictions:
                 for row in batch:
                     f.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ learning rates
+
+
+class LearningRates(LearningRateMonitor):
+    """Lightning's LearningRateMonitor (``lr-AdamW/<group>`` every step), added by ``aurora fit`` when a recipe has
+    none; a run without a logger (``trainer.logger: false``) is left alone instead of refused."""
+
+    def __init__(self, logging_interval: str | None = "step", **kwargs: Any) -> None:
+        super().__init__(logging_interval=logging_interval, **kwargs)
+
+    def on_train_start(self, trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ progress texts
+
+
+def _known(total: float | int | None) -> bool:
+    return total is not None and total == total and total not in (float("inf"), -1)
+
+
+def count_text(done: float | int, total: float | int | None = None, unit: str = "") -> str:
+    """``12/800``, or just ``12`` when the total is unknown (a streamed dataset: ``inf``), never ``12/--``;
+    ``unit`` in front: ``step 12/800``."""
+    text = f"{int(done)}/{int(total)}" if _known(total) else f"{int(done)}"
+    return f"{unit} {text}" if unit else text
+
+
+def epoch_text(epoch: int, max_epochs: int | None) -> str:
+    """``Epoch 1/2`` (Lightning's 0-based count of ``max_epochs`` epochs), ``Epoch 1`` when the run is not limited by
+    epochs (``max_epochs`` None or -1: a ``max_steps`` run), never ``Epoch 1/-2``."""
+    return f"Epoch {epoch}/{max_epochs - 1}" if max_epochs is not None and max_epochs > 0 else f"Epoch {epoch}"
+
+
+def step_driven(trainer: Any) -> bool:
+    """Whether training ends by ``max_steps`` (``max_epochs`` unset or -1): the bar then counts optimiser steps."""
+    max_steps = getattr(trainer, "max_steps", -1)
+    return max_steps is not None and max_steps > 0 and getattr(trainer, "max_epochs", None) in (None, -1)
+
+
+class AuroraProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with honest texts: a ``max_steps`` run shows ``Epoch 1 ... step 12/800``
+    (optimiser steps over the whole run, not batches of an epoch, and never ``Epoch 1/-2``); an unknown total (a
+    streamed test split) is shown as the count alone (``Testing ... 4``, not ``4/--``). ``aurora fit|validate|test|
+    predict`` use it unless the recipe sets a progress bar or ``trainer.enable_progress_bar: false``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = epoch_text(current_epoch, self.trainer.max_epochs)
+        return f"{text:{len(self.validation_description)}}"
+
+    @property
+    def total_train_batches(self) -> int | float:
+        if step_driven(self.trainer):
+            return self.trainer.max_steps
+        return super().total_train_batches
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if step_driven(trainer):
+            self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if step_driven(trainer):
+            self._update(self.train_progress_bar_id, trainer.global_step)
+            self.refresh()
+
+    def configure_columns(self, trainer) -> list:
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        bar = self
+
+        class Count(ProgressColumn):
+            def render(self, task) -> Text:
+                train = task.id == bar.train_progress_bar_id and step_driven(bar.trainer)
+                return Text(count_text(task.completed, task.total, "step" if train else ""),
+                            style=bar.theme.batch_progress)
+
+        cols = super().configure_columns(trainer)
+        return [Count() if type(c).__name__ == "BatchesProcessedColumn" else c for c in cols]

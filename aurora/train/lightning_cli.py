@@ -356,7 +356,32 @@ class _OwnArgv:
             logging.getLogger(__name__).warning("%s", switch_report)
 
 
-class AuroraCLI(SafeCheckpoints, _OwnArgv, LightningCLI):
+class _Tracked:
+    """What ``aurora`` adds to every trainer (mixed into both of our CLIs): a learning-rate monitor on a fit that has
+    none, the progress bar with honest texts (:class:`~aurora.train.callbacks.AuroraProgressBar`) unless the recipe
+    sets one or turns bars off, the run link written into checkpoints, and each MLflow run named and tagged for its
+    subcommand, linked to the training run of ``--ckpt_path`` (:func:`aurora.train.tracking.tag_runs`)."""
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+
+        from aurora.train.callbacks import AuroraProgressBar, LearningRates
+        from aurora.train.tracking import RunLink, tag_runs
+
+        have = [*(config.get("callbacks") or []), *callbacks]
+        extra = [RunLink()]
+        if not any(isinstance(c, LearningRateMonitor) for c in have):
+            extra.append(LearningRates())
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in have):
+            extra.append(AuroraProgressBar())
+        trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
+        sub = self.subcommand
+        if sub:  # run=False (aurora demo / ablate): the caller names its runs
+            tag_runs(trainer, sub, ckpt_path=(self.config.get(sub) or {}).get("ckpt_path"))
+        return trainer
+
+
+class AuroraCLI(_Tracked, SafeCheckpoints, _OwnArgv, LightningCLI):
     """LightningCLI over :class:`AuroraModule` and :class:`AuroraDataModule` with our defaults: MLflow in a local
     sqlite store, a config.yaml per run that a re-run may overwrite, and weights-only checkpoints
     (:class:`SafeCheckpoints`)."""
@@ -383,7 +408,7 @@ def with_defaults(kwargs: dict[str, Any], experiment: str) -> dict[str, Any]:
     return kwargs
 
 
-class VisionStageCLI(SafeCheckpoints, _OwnArgv, LightningCLI):
+class VisionStageCLI(_Tracked, SafeCheckpoints, _OwnArgv, LightningCLI):
     """LightningCLI over :class:`aurora.train.vision_stage.VisionStage` and any LightningDataModule of labelled images
     (``data: {class_path: aurora.data.frames.SyntheticFrameData, ...}``), with :class:`AuroraCLI`'s defaults."""
 

@@ -271,6 +271,13 @@ def test_mvbench_scores_per_task_and_overall(videos):
     assert pred.segments["YSKX3.mp4"] == Segment(0.25, 0.75) and pred.segments["-YwZOeyAQC8_15.mp4"] is None
     assert "(C) Put down the cup/glass/bottle." in pred.prompts[0]
 
+    # without a terminal: a progress line every N questions and after the last, with the running accuracy
+    lines = []
+    evaluate(b, pred, log_every=3, log=lines.append)
+    assert [line.split(" questions")[0] for line in lines] == ["mvbench: 3/4", "mvbench: 4/4"]
+    assert lines[-1].endswith("accuracy so far 0.500")
+    assert evaluate(b, pred, log_every=3, progress=True, log=lines.append) and len(lines) == 2  # a bar instead
+
     # a predictor that takes no segment still runs: the bounded questions are counted
     plain = evaluate(b, lambda video_path, prompt_text: "A", limit=3)
     assert plain.metrics["samples"] == 3 and plain.segments_ignored == 3
@@ -413,10 +420,13 @@ def test_aurora_eval_end_to_end_from_a_two_step_fit(videos, tmp_path, monkeypatc
     capsys.readouterr()
     rc = main(["eval", "--benchmark", "mvbench", "--annotations", str(FIX / "mvbench/json"), "--videos",
                str(videos / "mvbench"), "--ckpt", str(ckpt), "--frames", "2", "--limit", "3",
-               "--max-new-tokens", "4", "--out", str(tmp_path / "eval")])
+               "--max-new-tokens", "4", "--out", str(tmp_path / "eval"), "--log-every", "2"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
     assert "1 videos missing" in out.err and "mvbench: 3 questions scored" in out.out
+    # stderr is not a terminal here: progress lines instead of a bar (every 2 questions, and after the last)
+    assert "mvbench: 2/3 questions" in out.err and "mvbench: 3/3 questions" in out.err
+    assert "accuracy so far" in out.err
     res = json.loads((tmp_path / "eval/results.json").read_text())
     assert res["counts"]["evaluated"] == 3 and res["counts"]["missing_videos"] == 1
     assert res["settings"]["frames"] == 2 and res["settings"]["settings_from"] == "the checkpoint last.ckpt"

@@ -16,7 +16,9 @@ def write_grid(tmp_path, axes=None, **extra):
         "base": "recipes/demo.yaml",
         "overrides": {
             "trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
-            "trainer.limit_test_batches": 1, "trainer.logger": False, "trainer.enable_checkpointing": False,
+            "trainer.limit_test_batches": 1, "trainer.enable_checkpointing": False,
+            "trainer.logger.init_args.tracking_uri": f"sqlite:///{tmp_path}/runs/mlflow.db",
+            "trainer.logger.init_args.experiment_name": "grid",
             "trainer.callbacks": [], "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False,
             "data.data_dir": str(tmp_path / "data"),
             "data.synthetic": {"train": 16, "val": 4, "test": 6, "frames": 4, "size": 32},
@@ -31,18 +33,40 @@ def write_grid(tmp_path, axes=None, **extra):
     return path
 
 
-def test_two_cell_grid_runs_resumes_and_reports(tmp_path, capsys):
+def _grid_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/runs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
+    return client, {r.info.run_name: r for r in runs}
+
+
+def test_two_cell_grid_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     grid, out = write_grid(tmp_path), tmp_path / "out"
-    assert main(["ablate", "--grid", str(grid), "--out", str(out)]) == 0
+    # --override for every cell, after the grid's own overrides (2 steps there, 1 here)
+    assert main(["ablate", "--grid", str(grid), "--out", str(out), "--override", "trainer.max_steps=1",
+                 "--override", "trainer.val_check_interval=1"]) == 0
     names = ["order=original", "order=size_ascending"]
     results = [json.loads((out / "cells" / n / "result.json").read_text()) for n in names]
     for r, order in zip(results, ["original", "size_ascending"]):
-        assert r["train_steps"] == 2 and r["labels"] == {"order": order}
+        assert r["train_steps"] == 1 and r["labels"] == {"order": order}
         assert 0.0 <= r["accuracy"] <= 1.0 and set(r["per_category"]) <= {"color", "shape", "motion"}
         assert r["val_loss"] > 0 and 0 < r["chance"] < 1
         cfg = yaml.safe_load((out / "cells" / r["cell"] / "config.yaml").read_text())
-        assert cfg["model"]["merge"]["order"] == order and cfg["trainer"]["max_steps"] == 2
+        assert cfg["model"]["merge"]["order"] == order and cfg["trainer"]["max_steps"] == 1
         assert cfg["trainer"]["default_root_dir"] == str(out / "cells" / r["cell"])
+    # MLflow: one run for the grid, one per cell nested under it with its labels and metrics
+    client, runs = _grid_runs(tmp_path)
+    assert set(runs) == {"ablate-out", *(f"{n}-ablate-cell" for n in names)}
+    grid_id = runs["ablate-out"].info.run_id
+    for r, order in zip(results, ["original", "size_ascending"]):
+        cell = runs[f"{r['cell']}-ablate-cell"]
+        assert cell.data.tags["mlflow.parentRunId"] == grid_id and cell.data.tags["aurora.axis.order"] == order
+        assert cell.data.tags["aurora.stage"] == "ablate-cell"
+        assert cell.data.metrics["test/accuracy"] == pytest.approx(r["accuracy"]) and "val/loss" in cell.data.metrics
+    assert {"results.md", "results.png"} <= {a.path for a in client.list_artifacts(grid_id)}
+    assert runs["ablate-out"].data.metrics["cells"] == 2 and not (tmp_path / "mlruns").exists()
     rows = list(csv.reader((out / "results.csv").open()))
     assert rows[0][:2] == ["order", "accuracy"] and [row[0] for row in rows[1:]] == ["original", "size_ascending"]
     md = (out / "results.md").read_text()
@@ -60,6 +84,44 @@ def test_two_cell_grid_runs_resumes_and_reports(tmp_path, capsys):
     assert "training" not in err
     assert (out / "cells" / names[0] / "result.json").stat().st_mtime_ns == stamp
     assert (out / "results.md").read_text() == md
+    assert len(_grid_runs(tmp_path)[1]) == 3  # the resumed grid reuses its run
+
+
+def test_overrides_parse_as_yaml_and_refuse_axis_keys(tmp_path):
+    from aurora.tools.ablate import parse_overrides
+
+    grid = load_grid(write_grid(tmp_path))
+    assert parse_overrides(["trainer.max_steps=50", "model.merge={name: tome, keep_ratio: 0.5}", "a.b=", "c=x=y"],
+                           grid) == {"trainer.max_steps": 50, "model.merge": {"name": "tome", "keep_ratio": 0.5},
+                                     "a.b": None, "c": "x=y"}
+    with pytest.raises(GridError, match="give KEY=VALUE"):
+        parse_overrides(["trainer.max_steps"], grid)
+    with pytest.raises(GridError, match="axis 'order'"):
+        parse_overrides(["model.merge.order=random"], grid)
+    with pytest.raises(GridError, match="not YAML"):
+        parse_overrides(["a=[unclosed"], grid)
+
+
+def test_the_plot_shows_values_even_when_all_are_zero_or_equal(tmp_path):
+    from aurora.tools.ablate import plot_figure
+
+    grid = load_grid(write_grid(tmp_path))
+    rows = [{"cell": f"order={o}", "labels": {"order": o}, "accuracy": 0.0, "chance": 0.3, "train_steps": 1,
+             "per_category": {"color": 0.0, "shape": 0.0}} for o in ("original", "size_ascending")]
+    for value in (0.0, 0.5):
+        for r in rows:
+            r["accuracy"] = value
+            r["per_category"] = {"color": value, "shape": value}
+        fig = plot_figure(grid, rows)
+        try:
+            (ax,) = fig.axes
+            labels = [t.get_text() for t in ax.texts]
+            assert labels.count(f"{value:.2f}") == 2 * 3  # every bar (2 cells x overall, color, shape) labelled
+            assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 1.0
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
 
 
 def test_grid_cells_and_errors(tmp_path, capsys):

@@ -215,3 +215,22 @@ def test_bench_skips_a_length_its_predecessor_says_cannot_finish(monkeypatch, ca
     assert recs[("transformer", 2000)]["reason"] == "estimated 12 s from T=1000 exceeds --max-seconds 7"
     assert recs[("transformer", 4000)]["reason"].startswith("T=2000 did not finish (estimated")
     assert recs[("rwkv6", 1000)]["status"] == "ok" and recs[("rwkv6", 1000)]["peak_mem_chunked_mib"] == 1.0
+
+
+def test_plot_has_a_step_latency_panel_per_backbone():
+    from aurora.tools.bench_rnn import plot_figure
+
+    rec = lambda name, t, ms: dict(backbone=name, T=t, piece=64, steps=8, batch=1, chunked_tok_s=1e4,  # noqa: E731
+                                   streamed_tok_s=5e3, step_ms=ms, peak_mem_chunked_mib=2.0,
+                                   peak_mem_streamed_mib=1.0)
+    fig = plot_figure([rec("rwkv6", 256, 1.5), rec("rwkv6", 1024, 1.6), rec("transformer", 256, 2.0),
+                       rec("transformer", 1024, None)])  # a step not measured: left out, not drawn as 0
+    try:
+        (step,) = [ax for ax in fig.axes if "step latency" in ax.get_title()]
+        assert step.get_ylabel() == "ms per decode step" and "mean of 8 steps" in step.get_title()
+        lines = {ln.get_label(): ln.get_xydata().tolist() for ln in step.get_lines()}
+        assert lines == {"rwkv6": [[256, 1.5], [1024, 1.6]], "transformer": [[256, 2.0]]}
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

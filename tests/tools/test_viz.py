@@ -184,3 +184,39 @@ def test_aurora_cli_dispatches_viz(files, tmp_path):
     assert main(["viz", "merge", "--video", str(files / "v.mp4"), "--config", str(files / "tiny.yaml"),
                  "--frames", "1", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_raw_frame_beside_each_merged_panel_and_neighbours_never_share_a_colour(files):
+    from aurora.tools.viz import adjacent_tokens, colour_tokens, figure, frame_colours
+
+    mm = run_merge(str(files / "v.mp4"), str(files / "tiny.yaml"), frames=3)
+    raw, _, _ = decode_frames(files / "v.mp4", 3)
+    fig = figure(mm, "t")
+    try:
+        panels = [ax for ax in fig.axes if ax.images]
+        assert len(panels) == 2 * 3
+        for i in range(3):
+            shown = np.asarray(panels[2 * i].images[0].get_array())
+            assert len(panels[2 * i].images) == 1  # the raw panel: the frame alone, as the encoder saw it
+            assert np.array_equal(shown, mm.images[i].numpy())
+            assert np.abs(shown * 255 - raw[i].numpy().astype(np.float64)).max() <= 1.0  # 32 px: no resize
+            overlay = np.asarray(panels[2 * i + 1].images[1].get_array())
+            colours = frame_colours(mm, i).numpy()
+            assert np.array_equal(overlay, colours[mm.assignment[i].numpy()])
+            pairs = adjacent_tokens(mm.assignment[i])
+            assert pairs and all(not np.array_equal(colours[a], colours[b]) for a, b in pairs)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+    # a hard case: token 0 is scattered over the frame (ToMe merges patches that are not neighbours), so it
+    # touches every other token; the colouring still keeps every neighbour distinct, within the palette
+    a = torch.tensor([[0, 1, 0, 2], [3, 0, 4, 0], [0, 5, 0, 6], [7, 0, 8, 0]])
+    idx = colour_tokens(a, torch.bincount(a.flatten()).float(), palette=10)
+    assert all(idx[x] != idx[y] for x, y in adjacent_tokens(a)) and max(idx) < 10
+    assert adjacent_tokens(torch.tensor([[0, 0], [1, 2]])) == {(0, 1), (0, 2), (1, 2)}
+    # more neighbours than the palette: it goes past it rather than repeat a neighbour's colour
+    star = torch.tensor([[1, 2, 3], [4, 0, 5], [6, 7, 8]])
+    ring = colour_tokens(star, torch.ones(9), palette=2)
+    assert all(ring[x] != ring[y] for x, y in adjacent_tokens(star))

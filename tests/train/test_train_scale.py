@@ -300,7 +300,7 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
 
 
-def _tiny_recipe(tmp: Path, train: int = 64, **trainer_over) -> Path:
+def _tiny_recipe(tmp: Path, train: int = 64, test: int = 0, **trainer_over) -> Path:
     cfg = {
         "seed_everything": 0,
         "trainer": {
@@ -317,7 +317,7 @@ def _tiny_recipe(tmp: Path, train: int = 64, **trainer_over) -> Path:
         } | trainer_over,
         "model": {"vision": VISION, "rnn": RNN | {"vocab_size": 65536, "n_layer": 1}, "merge": None,
                   "lr": 1e-3, "warmup_ratio": 0.1, "min_lr_ratio": 0.1, "schedule": "cosine"},
-        "data": {"data_dir": str(tmp / "data"), "synthetic": {"train": train, "val": 0, "test": 0, "frames": 2, "size": 16},
+        "data": {"data_dir": str(tmp / "data"), "synthetic": {"train": train, "val": 0, "test": test, "frames": 2, "size": 16},
                  "num_frames": 2, "image_size": 16, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 0},
     }
     path = tmp / "tiny.yaml"
@@ -477,27 +477,48 @@ def mlflow_server(tmp_path):
 
 
 def _check_mlflow_run(uri: str, tmp: Path) -> None:
-    """A 3-step `aurora fit` logs the flattened recipe, metrics, config.yaml and the loss-curve plot."""
+    """A 3-step `aurora fit` logs the flattened recipe (once: no bare ``lr`` beside ``model/lr``), metrics with the
+    learning rate (the CLI adds a monitor: this recipe has none), config.yaml and the loss-curve plot; an `aurora
+    test` of its checkpoint is a run of its own, named and tagged for its stage and nested under the fit's run."""
     from mlflow.tracking import MlflowClient
 
-    cfg = _tiny_recipe(tmp, train=8, max_steps=3, logger={"class_path": "aurora.train.tracking.MLFlowLogger",
-                                                  "init_args": {"experiment_name": "scale", "tracking_uri": uri}})
+    cfg = _tiny_recipe(tmp, train=8, test=2, max_steps=3,
+                       logger={"class_path": "aurora.train.tracking.MLFlowLogger",
+                               "init_args": {"experiment_name": "scale", "tracking_uri": uri}})
+    recipe = yaml.safe_load(cfg.read_text())
+    recipe["trainer"]["callbacks"] = recipe["trainer"]["callbacks"][:1]  # no LearningRateMonitor
+    cfg.write_text(yaml.safe_dump(recipe))
     cli("--config", cfg)
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("scale").experiment_id])
     params = run.data.params
     assert params["model/rnn/name"] == "rwkv6" and params["trainer/max_steps"] == "3"
     assert params["data/synthetic/train"] == "8" and params["trainer/callbacks/0/init_args/every_n_train_steps"] == "3"
+    assert "model/lr" in params and not {"lr", "batch_size", "_instantiator"} & set(params)
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "lr-AdamW/rnn")) == 3
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/loss_curve.png"]
     png = client.download_artifacts(run.info.run_id, "plots/loss_curve.png", str(tmp))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run.info.run_name == "run-fit" and run.data.tags["aurora.stage"] == "fit"
+
+    from aurora.cli import main
+
+    assert main(["test", "--config", str(cfg), f"--ckpt_path={tmp / 'run/ckpt/last.ckpt'}"]) == 0
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("scale").experiment_id])}
+    assert set(runs) == {"run-fit", "run-test"}
+    test = runs["run-test"]
+    assert test.data.tags["aurora.stage"] == "test" and "test/accuracy" in test.data.metrics
+    assert test.data.tags["aurora.train_run_id"] == test.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert "train/loss" not in test.data.metrics
 
 
 def test_mlflow_sqlite_run_holds_recipe_metrics_config_and_plot(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _check_mlflow_run(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not the database's folder: artifacts still go beside the database
+    _check_mlflow_run(f"sqlite:///{tmp_path}/runs/mlflow.db", tmp_path)
+    assert (tmp_path / "runs/mlartifacts").is_dir() and not (tmp_path / "elsewhere/mlruns").exists()
 
 
 @pytest.mark.slow
