@@ -101,7 +101,9 @@ def open_live(source: str | os.PathLike, live_timeout: float = 10.0, stop: threa
     """Open ``source`` as a stream: (the PyAV container, the file-like object behind it or None)."""
     s = str(source)
     reader: Any = None
-    options: dict[str, str] = {}
+    # probe only the start: FFmpeg's default (5 MB or 5 s of stream) would wait for data a live source has not
+    # sent yet, holding the first frame back for as long
+    options: dict[str, str] = {"probesize": "32768", "analyzeduration": "500000"}
     pipe = PIPE.match(s)
     if pipe:
         fd = int(pipe.group(2)) if pipe.group(2) else sys.stdin.fileno()
@@ -118,7 +120,7 @@ def open_live(source: str | os.PathLike, live_timeout: float = 10.0, stop: threa
         target = s
     try:
         if reader is not None:
-            container = av.open(reader, mode="r")
+            container = av.open(reader, mode="r", options=options)
         else:
             container = av.open(target, mode="r", options=options, timeout=(live_timeout, live_timeout))
     except Exception as e:  # FFmpeg's InvalidDataError, a refused connection, a timeout ...

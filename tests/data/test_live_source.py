@@ -4,56 +4,21 @@ from __future__ import annotations
 
 import functools
 import http.server
-import io
 import threading
-import time
 
-import av
 import numpy as np
 import pytest
 
 from aurora.data.reader import VideoDecodeError
 from aurora.data.stream import LiveFrames, is_live_url, ready_batches
 from aurora.data.video import encode_mp4
+from _live import FPS, QuietHandler, encode_ts, grow
 
-FPS = 4
-
-
-def encode_ts(frames: np.ndarray, fps: int = FPS) -> bytes:
-    """MPEG-TS: a format that can be read before it is finished (a growing file, a pipe, a live URL)."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mpegts") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"preset": "veryfast", "g": "4"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def ts() -> bytes:  # 16 frames at 4 fps: 4 s
     return encode_ts(np.random.RandomState(1).randint(0, 255, (16, 32, 32, 3), np.uint8))
-
-
-def grow(path, data: bytes, pieces: int = 4, pause: float = 0.15) -> threading.Thread:
-    """Append ``data`` to ``path`` in ``pieces`` with pauses, from a thread (the file exists, empty, at once)."""
-    path.write_bytes(b"")
-
-    def write() -> None:
-        step = -(-len(data) // pieces)
-        with open(path, "ab") as f:
-            for i in range(0, len(data), step):
-                time.sleep(pause)
-                f.write(data[i:i + step])
-                f.flush()
-
-    t = threading.Thread(target=write, daemon=True)
-    t.start()
-    return t
 
 
 def test_sources_that_are_live_by_name():
@@ -102,11 +67,6 @@ def test_an_http_url_is_read_as_a_stream(ts, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # no request lines in the test output
-        pass
 
 
 def test_bad_live_sources_are_named(tmp_path):
