@@ -23,8 +23,9 @@ from aurora.infer.engine import StreamEngine, StreamError, VideoState
 
 
 class LiveReader:
-    def __init__(self, engine: StreamEngine, frames: LiveFrames, context: str | None) -> None:
-        self.engine, self.frames, self.context = engine, frames, context
+    def __init__(self, engine: StreamEngine, frames: LiveFrames, context: str | None, on_batch=None) -> None:
+        """``on_batch(reader)``, if given, is called in the reading thread after every batch is read."""
+        self.engine, self.frames, self.context, self.on_batch = engine, frames, context, on_batch
         prefix = engine.tokenizer.encode(engine.template.before.format(question=context)) if context is not None else []
         self._last, self._state = engine.read_ids(prefix)
         self._positions, self._read, self._time = len(prefix), 0, None
@@ -51,6 +52,8 @@ class LiveReader:
                     self._positions += tokens
                     self._read += len(batch)
                     self._time = batch[-1][0]
+                if self.on_batch is not None:
+                    self.on_batch(self)
         except BaseException as e:
             self.error = e
             raise
@@ -77,6 +80,12 @@ class LiveReader:
             self._thread.join(timeout=wait)
 
     # -- answering -----------------------------------------------------------------------------------------
+    @property
+    def stream_time(self) -> float | None:
+        """Stream time (seconds) of the last frame read."""
+        with self._lock:
+            return self._time
+
     @property
     def frames_read(self) -> int:
         with self._lock:
