@@ -124,6 +124,69 @@ def predict_shards(engine: StreamEngine, shards: str | Sequence[str], out: str |
             "accuracy": correct / written if written else None}
 
 
+# ------------------------------------------------------------------------------------------------ live input
+
+
+def ask_live(engine: StreamEngine, args: argparse.Namespace, gen: Generation, context: str | None) -> int:
+    """``--video SRC`` read as a live stream (sampled by time), then ``--question`` answered from the state at its
+    end; or, with ``--interactive``, the stream read in a background thread while every line typed on stdin is
+    answered from the state as of that moment (:class:`aurora.infer.live.LiveReader`), until stdin ends."""
+    from aurora.data.stream import LiveFrames, is_live_url
+    from aurora.infer.live import LiveReader
+
+    frames = LiveFrames(args.video, fps=args.fps or 1.0, short_side=engine.image_size,
+                        live_timeout=args.live_timeout, max_frames=args.max_frames, until=args.end,
+                        follow=args.live or args.interactive or is_live_url(args.video))
+    reader = LiveReader(engine, frames, context)
+    print(f"reading {args.video} live at {frames.fps:g} frames per second (ends after {args.live_timeout:g} s "
+          "without new data)", file=sys.stderr)
+
+    def record(question: str, vs, ans, seconds: float) -> str:
+        if not args.json:
+            return ans.text
+        return json.dumps({"question": question, "answer": ans.text, "finish": ans.finish, "tokens": ans.tokens,
+                           "frames": vs.frames, "positions": vs.positions, "stream_time": vs.meta["stream_time"],
+                           "context": vs.context, "seconds": seconds})
+
+    if not args.interactive:
+        reader.run()
+        t0 = time.perf_counter()
+        vs = reader.current()
+        ans = engine.answer(vs, args.question, gen)
+        print(record(args.question, vs, ans, time.perf_counter() - t0))
+    else:
+        reader.start()
+        asked = 0
+        for line in sys.stdin:
+            question = line.strip()
+            if not question:
+                continue
+            if reader.error is not None:
+                raise reader.error
+            t0 = time.perf_counter()
+            while reader.frames_read == 0 and not reader.done.is_set() and time.perf_counter() - t0 < args.live_timeout:
+                time.sleep(0.02)  # the first frames: the stream may not have started yet
+            try:
+                vs = reader.current()
+            except StreamError as e:  # nothing read yet (no lead, no frame): this question only
+                print(f"aurora ask: {e}", file=sys.stderr)
+                continue
+            ans = engine.answer(vs, question, gen)
+            print(record(question, vs, ans, time.perf_counter() - t0), flush=True)
+            asked += 1
+        reader.stop()
+        if reader.error is not None:
+            raise reader.error
+        vs = reader.current()
+        print(f"{asked} questions answered", file=sys.stderr)
+    if args.save_state:
+        print(f"state written to {engine.save_state(vs, args.save_state)}", file=sys.stderr)
+    skipped = f", skipped {dict(frames.skipped)}" if frames.skipped else ""
+    print(f"{vs.frames} frames ({frames.decoded} decoded, up to {frames.last_time or 0:.2f} s of stream), "
+          f"{vs.positions} positions read{skipped}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ command
 
 
@@ -181,6 +244,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="answer as of this moment of the video: with --video alone, read up to it; with "
                         "--load-state DIR --video V, start from the nearest snapshot before it and read only the "
                         "video between")
+    p.add_argument("--live", action="store_true",
+                   help="read --video as a live stream, sampled by time (--fps): a file still being written is "
+                        "followed until no new data for --live-timeout s (implied for pipe:, -, and URLs)")
+    p.add_argument("--live-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a live source has ended after this many seconds without new data (default: %(default)s)")
+    p.add_argument("--interactive", action="store_true",
+                   help="read the stream continuously and answer every line typed on stdin from the state as of "
+                        "that moment, until stdin ends (implies --live)")
     p.add_argument("--out", default=None, help="predictions JSONL (with --shards)")
     p.add_argument("--limit", type=int, default=None, help="with --shards: at most this many samples")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -188,6 +259,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the answer as a JSON record with details")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _is_live_url(source: str) -> bool:
+    from aurora.data.stream import is_live_url
+
+    return is_live_url(source)
+
+
+def _check_live_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What a live source allows: sampling by time, no length-based option, questions from stdin or --question."""
+    if not args.video:
+        parser.error("--live / --interactive read --video SRC (a growing file, pipe:, or a URL)")
+    if args.frames is not None:
+        parser.error("a live stream's length is unknown: sample it by time with --fps, not --frames")
+    for flag, value in (("--load-state", args.load_state), ("--snapshot-every", args.snapshot_every),
+                        ("--at", args.at), ("--start", args.start)):
+        if value is not None:
+            parser.error(f"{flag} does not work with a live source")
+    if args.live_timeout <= 0:
+        parser.error(f"--live-timeout must be > 0 seconds, got {args.live_timeout}")
+    if args.interactive:
+        if args.question:
+            parser.error("--interactive takes its questions from stdin, one a line: drop --question")
+        if args.video in ("-", "pipe:", "pipe:0"):
+            parser.error("--interactive reads questions on stdin, so the video cannot come from it: give a file, "
+                         "a URL or pipe:N (another file descriptor)")
+        if args.lead == "question":
+            parser.error("--interactive answers questions typed later, which cannot be read before the video: "
+                         "use --lead generic or none (the default is generic)")
+    elif not args.question:
+        parser.error("--question is required (or --interactive)")
 
 
 def ask_main(argv: list[str]) -> int:
@@ -198,6 +300,8 @@ def ask_main(argv: list[str]) -> int:
             parser.error("--shards needs --out PREDICTIONS.jsonl")
         if args.save_state or args.load_state:
             parser.error("--save-state / --load-state work with one --video")
+    elif args.interactive or args.live or (args.video and _is_live_url(args.video)):
+        _check_live_args(parser, args)
     else:
         if not args.question:
             parser.error("--question is required")
@@ -239,9 +343,12 @@ def ask_main(argv: list[str]) -> int:
                          else int(hp.get("max_new_tokens") or 64),
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=tuple(stop))
         frames, fps, max_frames = args.frames, args.fps, args.max_frames
+        live = bool(args.live or args.interactive or _is_live_url(args.video or ""))
+        if live:  # a live stream has no length: by time, 1 frame per second unless --fps says otherwise
+            fps = args.fps = fps or 1.0
         if frames is None and fps is None:  # the training sampling (inference_settings: never a silent default)
             frames, fps, max_frames = training_sampling(data, max_frames)
-        how = ("a saved state" if args.load_state else
+        how = ("a live stream by time" if live else "a saved state" if args.load_state else
                f"{frames} frames" if frames is not None else f"{fps:g} frames per second")
         print(f"aurora ask: {args.ckpt} ({hp['rnn'].get('name')}), inference settings from "
               f"{info['config']}, reading {how}, chunks of {args.chunk_frames} frames on "
@@ -252,7 +359,11 @@ def ask_main(argv: list[str]) -> int:
                                      progress=not args.no_progress)
             print(json.dumps(summary))
             return 0
+        if args.interactive and args.context is None and args.lead in (None, "question"):
+            args.lead = "generic"  # questions come later: the state is read with the generic instruction
         context = args.context if args.context is not None else engine.lead_context(args.question, args.lead)
+        if live:
+            return ask_live(engine, args, gen, context)
         if args.load_state and at is not None:  # a moment: the nearest snapshot, then the video up to the moment
             snap = engine.load_snapshot(args.load_state, at)
             sampling = snap.meta.get("sampling") or {}
