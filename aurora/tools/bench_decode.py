@@ -31,8 +31,17 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def default_cache() -> str:
+    """Where the generated videos are kept across runs (and checkouts): ``$XDG_CACHE_HOME/aurora/bench_decode``."""
+    import os
+
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "aurora", "bench_decode")
+
+
 def make_video(path: Path, height: int, minutes: float, fps: int = FPS, log=print) -> Path:
-    """An H.264 mp4 (GOP 250, 2 B-frames, yuv420p) of ``minutes`` of moving gradients, written once."""
+    """An H.264 mp4 (libx264 ultrafast, GOP 250, 2 B-frames, yuv420p) of ``minutes`` of moving gradients, written
+    once (to ``NAME.tmp.mp4``, renamed when complete, so an interrupted run never leaves a short video)."""
     import av
     import numpy as np
 
@@ -47,7 +56,7 @@ def make_video(path: Path, height: int, minutes: float, fps: int = FPS, log=prin
     with av.open(str(tmp), "w") as c:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"preset": "superfast", "crf": "28",
+        s.options = {"preset": "ultrafast", "crf": "28",
                      "x264-params": "keyint=250:min-keyint=250:bframes=2:b-adapt=0:scenecut=0"}
         for i in range(n):
             frame = np.empty((height, width, 3), np.uint8)
@@ -157,7 +166,7 @@ def bench_decode_main(argv: list[str]) -> int:
     p.add_argument("--short-side", type=int, default=None, help="resize to this short side (e.g. 384)")
     p.add_argument("--full-limit", type=float, default=8.0, help="GiB of RGB the full decode may hold")
     p.add_argument("--max-seconds", type=float, default=900.0, help="per point")
-    p.add_argument("--cache", default=".bench_decode", help="where the generated videos are kept")
+    p.add_argument("--cache", default=default_cache(), help="where the generated videos are kept (reused)")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
