@@ -464,12 +464,12 @@ def full_decode(source: VideoSource, num_frames: int | None = None) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ peers
-BACKENDS = ("aurora", "aurora-plain", "full", "decord2", "torchcodec")
+BACKENDS = ("aurora", "aurora-plain", "full", "full-stream", "decord2", "torchcodec")
 
 
 def backend_unavailable(name: str) -> str | None:
-    """Why ``name`` cannot run here (None: it can). ``aurora``, ``aurora-plain`` and ``full`` (this module)
-    always can."""
+    """Why ``name`` cannot run here (None: it can). ``aurora``, ``aurora-plain``, ``full`` and ``full-stream``
+    (this module) always can."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}; known: {', '.join(BACKENDS)}"
     module = {"decord2": "decord", "torchcodec": "torchcodec.decoders"}.get(name)
@@ -489,7 +489,9 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
               short_side: int | None = None) -> Tensor:
     """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
     ``aurora`` (:class:`FrameReader`), ``aurora-plain`` (the same without skipping non-reference packets, to
-    measure what that saves), ``full`` (:func:`full_decode`, the old reader), or the peers ``decord2`` /
+    measure what that saves), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
+    work, every frame decoded and converted to RGB, keeping only the sampled ones: its time without its memory,
+    for videos whose full decode would not fit), or the peers ``decord2`` /
     ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them)."""
     reason = backend_unavailable(backend)
     if reason:
@@ -497,6 +499,28 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
     if backend in ("aurora", "aurora-plain"):
         with FrameReader(source, short_side=short_side, skip_disposable=backend == "aurora") as r:
             return r.read(r.indices(num_frames, fps))
+    if backend == "full-stream":
+        fps_avg = probe_fps(source) or 1.0
+        with FrameReader(source) as r:  # only for the frame count; the decode below is front to back
+            total = len(r)
+        idx = choose_indices(np.arange(total) / fps_avg, 0.0, num_frames, fps)
+        where: dict[int, list[int]] = {}
+        for pos, i in enumerate(idx):
+            where.setdefault(i, []).append(pos)
+        out: np.ndarray | None = None
+        container = _open(source)
+        try:
+            for i, frame in enumerate(container.decode(video=0)):
+                array = frame.to_ndarray(format="rgb24")  # every frame, as the full decode converts them
+                if i in where:
+                    if out is None:
+                        out = np.empty((len(idx), *array.shape), np.uint8)
+                    out[where[i]] = array
+        finally:
+            container.close()
+        if out is None:
+            raise VideoDecodeError("video has no decodable frames")
+        return torch.from_numpy(out)
     if backend == "full":
         frames = full_decode(source)
         times = np.arange(len(frames)) / (probe_fps(source) or 1.0)
