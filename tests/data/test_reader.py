@@ -247,3 +247,15 @@ def test_datamodule_refuses_fps_with_batches():
         AuroraDataModule(train_shards="x", fps=1.0, max_frames=8, batch_size=2)
     with pytest.raises(ValueError, match="max_pixels"):
         AuroraDataModule(train_shards="x", max_pixels=0)
+
+
+@pytest.mark.parametrize("case", ["bframes-gop250", "short-gops"])
+def test_torchcodec_exact_seek_gives_our_frames(case, tmp_path):
+    pytest.importorskip("torchcodec.decoders", reason="torchcodec is an optional peer (pip install "
+                        "'aurora-long[peers]' with the system FFmpeg and a torchcodec built for this torch)")
+    from aurora.data.reader import read_with
+
+    path = tmp_path / "v.mp4"
+    path.write_bytes(make_video(**CASES[case]))
+    for n in (1, 7, 16):  # the same indices: pixel for pixel the same frames
+        assert torch.equal(read_with("torchcodec", path, num_frames=n), read_with("aurora", path, num_frames=n))
