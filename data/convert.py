@@ -7,7 +7,9 @@ layout of :func:`aurora.data.synthetic.write_shards`) and ``manifest.json``.
 
 Videos: an .mp4 that decodes keeps its original bytes; an image becomes a one-frame H.264 mp4; any other
 container is remuxed into mp4 without re-encoding when its codec fits mp4, else re-encoded to H.264 (video
-stream only: the model reads no audio).
+stream only: the model reads no audio). With ``fps`` and / or ``short_side`` (``--fps F --short-side S``) every
+video is instead pre-sampled at F frames per second and re-encoded to H.264, resized in FFmpeg's scaler to short
+side S (:func:`resample_mp4`): compact shards whose settings the manifest records.
 
 Shards are planned before any work, from the annotation order and the source file sizes, so re-runs agree on
 which sample goes to which shard. Each shard is written by one process to ``NAME.tmp`` and renamed when complete,
@@ -27,6 +29,7 @@ import os
 import random
 import re
 from collections import Counter
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,6 +50,7 @@ MP4_EXTS = (".mp4", ".m4v")
 VERIFY = ("first", "all")
 STATS_DIR = ".convert"
 DEFAULT_MAX_VIDEO_BYTES = 8 * 2**30  # a source file past this is skipped (a symlink to /dev/zero has no end)
+DEFAULT_CRF = 23  # libx264's own default quality for re-encoded (--fps / --short-side) videos
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -136,9 +140,53 @@ def transcode_mp4(data: bytes, crf: int = 18) -> bytes:
     return out.getvalue()
 
 
-def image_to_mp4(data: bytes) -> bytes:
-    """A one-frame H.264 mp4 of an image (decoded by PyAV; odd sizes lose their last row/column)."""
-    with FrameReader(data) as reader:  # the first frame only (an animated image: its first)
+def resample_mp4(source: str | Path | bytes, fps: float | None = None, short_side: int | None = None,
+                 crf: int = DEFAULT_CRF) -> bytes:
+    """Re-encode a video to H.264 mp4 (``preset=veryfast``, yuv420p, video only), pre-sampled at ``fps`` frames
+    per second (the frame on screen at each sampling time, :func:`aurora.data.reader.choose_indices`; None: every
+    frame, renumbered at the average rate) and resized inside FFmpeg's scaler so its short side is at most
+    ``short_side`` (:class:`~aurora.data.reader.FrameReader`: the full-size RGB frame never exists). Frames are
+    streamed: one is held at a time, whatever the video's length. The output runs at ``fps`` (or the source's
+    average rate) with one frame per tick, so it lasts as long as the source; odd sizes lose their last row /
+    column (yuv420p)."""
+    out = io.BytesIO()
+    try:
+        with FrameReader(source, short_side=short_side) as reader:
+            if fps is not None:
+                indices: Any = reader.indices(fps=fps)
+                rate = Fraction(fps).limit_denominator(1001)
+            else:
+                indices = range(len(reader))
+                rate = Fraction(reader.info.fps).limit_denominator(1001) if reader.info.fps > 0 else Fraction(25)
+            with av.open(out, mode="w", format="mp4") as dst:
+                target = None
+                for k, (_, rgb) in enumerate(reader.iter_frames(indices)):
+                    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
+                    if target is None:
+                        if rgb.size == 0:
+                            raise VideoDecodeError(f"frames too small for H.264: {rgb.shape[1]}x{rgb.shape[0]}")
+                        target = dst.add_stream("libx264", rate=rate)
+                        target.height, target.width = rgb.shape[:2]
+                        target.pix_fmt, target.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                    frame.pts, frame.time_base = k, 1 / rate
+                    for packet in target.encode(frame):
+                        dst.mux(packet)
+                if target is None:
+                    raise VideoDecodeError("video has no decodable frames")
+                for packet in target.encode():
+                    dst.mux(packet)
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # FFmpeg's many error types for broken input
+        raise VideoDecodeError(f"cannot re-encode video ({type(e).__name__}: {e})") from e
+    return out.getvalue()
+
+
+def image_to_mp4(data: bytes, short_side: int | None = None) -> bytes:
+    """A one-frame H.264 mp4 of an image (decoded by PyAV, resized in its scaler to ``short_side`` when given;
+    odd sizes lose their last row/column)."""
+    with FrameReader(data, short_side=short_side) as reader:  # the first frame only (an animated image: its first)
         frame = reader.read([0]).numpy()
     h, w = frame.shape[1] // 2 * 2, frame.shape[2] // 2 * 2
     if h == 0 or w == 0:
@@ -146,12 +194,16 @@ def image_to_mp4(data: bytes) -> bytes:
     return encode_mp4(np.ascontiguousarray(frame[:, :h, :w]), fps=1)
 
 
-def video_to_mp4(path: str | Path, verify: str = "first") -> tuple[bytes, str]:
-    """(mp4 bytes, how): ``kept`` (an mp4 that decodes), ``image``, ``remuxed`` or ``reencoded``."""
-    data = Path(path).read_bytes()
+def video_to_mp4(path: str | Path, verify: str = "first", fps: float | None = None, short_side: int | None = None,
+                 crf: int = DEFAULT_CRF) -> tuple[bytes, str]:
+    """(mp4 bytes, how): ``kept`` (an mp4 that decodes), ``image``, ``remuxed`` or ``reencoded``; with ``fps`` or
+    ``short_side``, ``resampled`` (:func:`resample_mp4`, every video, whatever its container)."""
     ext = Path(path).suffix.lower()
     if ext in IMAGE_EXTS:
-        return image_to_mp4(data), "image"
+        return image_to_mp4(Path(path).read_bytes(), short_side), "image"
+    if fps is not None or short_side is not None:
+        return resample_mp4(path, fps, short_side, crf), "resampled"  # read by seek, never whole into memory
+    data = Path(path).read_bytes()
     if ext in MP4_EXTS:
         check_decodes(data, verify)
         return data, "kept"
@@ -303,9 +355,26 @@ def plan_shards(items: list[Item], shard_size: int) -> list[list[Item]]:
     return shards
 
 
-def plan_digest(items: list[Item]) -> str:
-    """What a shard must contain: a finished shard is kept only when its recorded digest equals this."""
+def encode_settings(fps: float | None = None, short_side: int | None = None, crf: int = DEFAULT_CRF) -> dict[str, Any]:
+    """The re-encoding a conversion applies (``{}``: the original bytes are kept), checked and as the manifest
+    records it."""
+    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0 and np.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
+    if short_side is not None and (isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 2):
+        raise ValueError(f"short_side must be a whole number of pixels >= 2, got {short_side!r}")
+    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+        raise ValueError(f"crf must be a whole number from 0 to 51, got {crf!r}")
+    if fps is None and short_side is None:
+        return {}
+    return {"fps": None if fps is None else float(fps), "short_side": short_side, "codec": "h264", "crf": crf}
+
+
+def plan_digest(items: list[Item], settings: dict[str, Any] | None = None) -> str:
+    """What a shard must contain: a finished shard is kept only when its recorded digest equals this (the
+    re-encoding settings are part of it: converting again with other ``--fps`` / ``--short-side`` rewrites)."""
     h = hashlib.sha256()
+    if settings:
+        h.update(json.dumps(settings, sort_keys=True).encode())
     for item in items:
         h.update(json.dumps([item.key, item.path, item.size, item.meta], sort_keys=True).encode())
     return h.hexdigest()
@@ -358,16 +427,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_shard(out_dir: str, name: str, items: list[Item], digest: str, verify: str,
-                tick: Callable[[int], None] | None = None) -> dict[str, Any]:
+                tick: Callable[[int], None] | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one shard (``NAME.tmp``, renamed when complete) and its stats; undecodable videos are skipped
     and listed."""
     out = Path(out_dir)
     path, tmp = out / name, out / f"{name}.tmp"
     count, nbytes, how, cats, skipped = 0, 0, Counter(), Counter(), []
+    encode = {k: v for k, v in (settings or {}).items() if k in ("fps", "short_side", "crf")}
     with wds.TarWriter(str(tmp)) as writer:
         for item in items:
             try:
-                data, method = video_to_mp4(item.path, verify)
+                data, method = video_to_mp4(item.path, verify, **encode)
             except VideoDecodeError as e:
                 skipped.append({"index": item.index, "id": item.meta["id"], "video": item.video,
                                 "reason": "undecodable video", "detail": str(e)})
@@ -425,9 +495,15 @@ def convert(
     progress: bool = True,
     allow_outside: bool = False,
     max_video_bytes: int | str = DEFAULT_MAX_VIDEO_BYTES,
+    fps: float | None = None,
+    short_side: int | None = None,
+    crf: int = DEFAULT_CRF,
 ) -> dict[str, Any]:
     """Convert one split (see the module doc); returns and writes ``manifest.json`` (other splits already in
-    it are kept). ``workers`` > 1 writes shards in a process pool, one shard per task."""
+    it are kept). ``workers`` > 1 writes shards in a process pool, one shard per task. ``fps`` / ``short_side``
+    pre-sample and re-encode every video (:func:`resample_mp4`, quality ``crf``); by default the original
+    bytes are kept."""
+    settings = encode_settings(fps, short_side, crf)
     if verify not in VERIFY:
         raise ValueError(f"unknown verify {verify!r}; known: {', '.join(VERIFY)}")
     if not re.fullmatch(r"[A-Za-z0-9_]+", split):
@@ -444,7 +520,7 @@ def convert(
         random.Random(shuffle_seed).shuffle(items)
     plan = plan_shards(items, size_limit)
     names = [f"{split}-{i:05d}.tar" for i in range(len(plan))]
-    digests = [plan_digest(p) for p in plan]
+    digests = [plan_digest(p, settings) for p in plan]
 
     for stale in out.glob(f"{split}-*.tar*"):  # partial files, and shards past the end of a smaller plan
         if stale.name not in names:
@@ -468,11 +544,11 @@ def convert(
     try:
         if workers <= 1 or len(todo) <= 1:
             for name, shard, digest in todo:
-                stats[name] = write_shard(str(out), name, shard, digest, verify, tick=bar.update)
+                stats[name] = write_shard(str(out), name, shard, digest, verify, tick=bar.update, settings=settings)
         else:
             queue = mp.get_context().Queue()
             with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(queue,)) as pool:
-                futures = {pool.submit(write_shard, str(out), name, shard, digest, verify): name
+                futures = {pool.submit(write_shard, str(out), name, shard, digest, verify, None, settings): name
                            for name, shard, digest in todo}
                 pending = set(futures)
                 while pending:
@@ -491,7 +567,7 @@ def convert(
     finally:
         bar.close()
     return write_manifest(out, split, names, stats, skipped, annotations, video_root, size_limit, verify,
-                          shuffle_seed, len(records))
+                          shuffle_seed, len(records), settings)
 
 
 def _drain(queue: Any) -> Iterator[Any]:
@@ -506,7 +582,8 @@ def _drain(queue: Any) -> Iterator[Any]:
 
 def write_manifest(out: Path, split: str, names: list[str], stats: dict[str, dict[str, Any]],
                    skipped: list[dict[str, Any]], annotations: str | Path, video_root: str | Path,
-                   shard_size: int, verify: str, shuffle_seed: int | None, records: int) -> dict[str, Any]:
+                   shard_size: int, verify: str, shuffle_seed: int | None, records: int,
+                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
     skipped = sorted(skipped + [s for n in names for s in stats[n]["skipped"]], key=lambda s: s["index"])
     cats: Counter = Counter()
     videos: Counter = Counter()
@@ -524,7 +601,9 @@ def write_manifest(out: Path, split: str, names: list[str], stats: dict[str, dic
         "skipped_counts": dict(Counter(s["reason"] for s in skipped)),
         "skipped": skipped,
         "source": {"annotations": str(annotations), "video_root": str(video_root)},
-        "params": {"shard_size": shard_size, "verify": verify, "shuffle_seed": shuffle_seed},
+        # encode: how the videos were written, {"mode": "original"} (bytes kept) or re-encoded with its settings
+        "params": {"shard_size": shard_size, "verify": verify, "shuffle_seed": shuffle_seed,
+                   "encode": {"mode": "resampled", **settings} if settings else {"mode": "original"}},
     }
     path = out / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {"dataset": "aurora-converted", "splits": {}}
@@ -535,6 +614,22 @@ def write_manifest(out: Path, split: str, names: list[str], stats: dict[str, dic
         manifest["categories"] = categories
     write_json(path, manifest)
     return manifest
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _short_side(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 2, got {text!r}")
+    return int(text)
 
 
 def convert_main(argv: list[str]) -> int:
@@ -558,12 +653,20 @@ def convert_main(argv: list[str]) -> int:
                              "by default such records are skipped and counted")
     parser.add_argument("--max-video-bytes", default=str(DEFAULT_MAX_VIDEO_BYTES),
                         help="skip source files larger than this (8GiB)")
+    parser.add_argument("--fps", type=_positive_float, default=None,
+                        help="pre-sample every video at this many frames per second and re-encode it (H.264); "
+                             "default: keep the original bytes")
+    parser.add_argument("--short-side", type=_short_side, default=None,
+                        help="re-encode every video resized (in FFmpeg's scaler) so its short side is at most this")
+    parser.add_argument("--crf", type=int, choices=range(0, 52), metavar="0..51", default=DEFAULT_CRF,
+                        help=f"H.264 quality of re-encoded videos (--fps / --short-side; default {DEFAULT_CRF})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     manifest = convert(args.annotations, args.videos, args.out, split=args.split, shard_size=args.shard_size,
                        workers=args.workers, verify=args.verify, shuffle_seed=args.shuffle_seed,
                        progress=not args.quiet, allow_outside=args.allow_outside_videos,
-                       max_video_bytes=args.max_video_bytes)
+                       max_video_bytes=args.max_video_bytes, fps=args.fps, short_side=args.short_side,
+                       crf=args.crf)
     entry = manifest["splits"][args.split]
     summary = {k: entry[k] for k in ("count", "records", "bytes", "videos", "skipped_counts")}
     summary["shards"] = len(entry["shards"])

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from aurora.data.reader import (FrameReader, VideoDecodeError, VideoTooLarge, choose_indices, full_decode,
-                                read_frames, scaled_size)
+from aurora.data.reader import (FrameReader, VideoDecodeError, VideoTooLarge, choose_indices, disposable,
+                                full_decode, read_frames, scaled_size)
 
 
 def make_video(n=60, w=64, h=48, gop=250, bframes=2, vfr=False, start=0, rotation=None, fps=25, fmt="mp4"):
@@ -83,6 +83,22 @@ def test_seek_decodes_only_the_gops_that_hold_the_frames():
     with FrameReader(data) as r:  # a front-to-back read of all frames never seeks back
         list(r.iter_chunks(range(200), 64))
         assert r.decoded <= 200 + 4 and r.seeks == 1
+
+
+def test_non_reference_frames_before_the_wanted_one_are_never_decoded():
+    data = make_video(n=120, gop=60)  # 2 B-frames per P: a third of the packets are non-reference
+    ref = full_decode(data)
+    idx = [10, 55, 70, 119]
+    with FrameReader(data) as r, FrameReader(data, skip_disposable=False) as plain:
+        assert torch.equal(r.read(idx), ref[idx]) and torch.equal(plain.read(idx), ref[idx])
+        assert r.skipped > 20 and plain.skipped == 0
+        assert r.decoded + r.skipped == plain.decoded  # each skipped packet is a frame not decoded
+    # a packet is disposable only when every NAL unit has nal_ref_idc 0 and one of them is a slice
+    nal = lambda header, body=b"\x88": len(body + b"x").to_bytes(4, "big") + bytes([header]) + body
+    assert disposable(nal(0x01), 4) and disposable(nal(0x06) + nal(0x01), 4)  # (SEI +) non-reference slice
+    assert not disposable(nal(0x21), 4) and not disposable(nal(0x65), 4)  # reference slice, IDR
+    assert not disposable(nal(0x67) + nal(0x01), 4)  # a parameter set rides along: keep it
+    assert not disposable(nal(0x06), 4) and not disposable(nal(0x01)[:-1], 4)  # no slice; truncated
 
 
 def test_resize_in_the_scaler_to_the_short_side():
@@ -231,3 +247,15 @@ def test_datamodule_refuses_fps_with_batches():
         AuroraDataModule(train_shards="x", fps=1.0, max_frames=8, batch_size=2)
     with pytest.raises(ValueError, match="max_pixels"):
         AuroraDataModule(train_shards="x", max_pixels=0)
+
+
+@pytest.mark.parametrize("case", ["bframes-gop250", "short-gops"])
+def test_torchcodec_exact_seek_gives_our_frames(case, tmp_path):
+    pytest.importorskip("torchcodec.decoders", reason="torchcodec is an optional peer (pip install "
+                        "'aurora-long[peers]' with the system FFmpeg and a torchcodec built for this torch)")
+    from aurora.data.reader import read_with
+
+    path = tmp_path / "v.mp4"
+    path.write_bytes(make_video(**CASES[case]))
+    for n in (1, 7, 16):  # the same indices: pixel for pixel the same frames
+        assert torch.equal(read_with("torchcodec", path, num_frames=n), read_with("aurora", path, num_frames=n))
