@@ -17,12 +17,17 @@ TINY_HPARAMS = {
 }
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, max_new_tokens: int = 5) -> AuroraModel:
-    """Write ``path`` (hyperparameters + ``model.*`` weights, random) and return its model."""
+def tiny_checkpoint(path: Path, seed: int = 0, max_new_tokens: int = 5, inference: dict | None = None) -> AuroraModel:
+    """Write ``path`` (hyperparameters + ``model.*`` weights, random) and return its model; ``inference``: the
+    ``aurora_inference`` entry a checkpoint of ``aurora fit`` carries (absent: an old checkpoint)."""
     torch.manual_seed(seed)
     hp = {**TINY_HPARAMS, "max_new_tokens": max_new_tokens}
     model = AuroraModel.from_specs(vision=hp["vision"], merge=hp["merge"], projector=hp["projector"],
                                    rnn=hp["rnn"]).eval()
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hp},
-               path)
+    blob = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hp}
+    if inference is not None:
+        from aurora.checkpoint import INFERENCE_KEY
+
+        blob[INFERENCE_KEY] = inference
+    torch.save(blob, path)
     return model

@@ -10,7 +10,7 @@ def test_bench_reuse_end_to_end(tmp_path, capsys):
 
     write_synthetic_dataset(tmp_path / "d", train=0, val=0, test=4, frames=4, size=32, seed=0,
                             samples_per_shard=10, shape_size=0.14)
-    tiny_checkpoint(tmp_path / "m.ckpt", max_new_tokens=3)
+    tiny_checkpoint(tmp_path / "m.ckpt", max_new_tokens=3, inference={"num_frames": 4})  # as aurora fit writes
     rc = main(["bench", "reuse", "--ckpt", str(tmp_path / "m.ckpt"), "--shards", str(tmp_path / "d/test-*.tar"),
                "--limit", "3", "--questions", "1,3", "--cost-videos", "1", "--json", str(tmp_path / "r.json"),
                "--plot", str(tmp_path / "r.png")])
