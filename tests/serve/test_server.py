@@ -5,13 +5,9 @@ serves SSE and an http(s) video URL."""
 from __future__ import annotations
 
 import base64
-import http.server
 import json
-import socket
-import threading
-import time
+import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -22,22 +18,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from aurora.serve.cache import StateCache, state_bytes  # noqa: E402
 from aurora.serve.server import create_app  # noqa: E402
-from infer.servefix import video_bytes, write_checkpoint  # noqa: E402
+from infer.servefix import video_bytes  # noqa: E402
 
 Q1, Q2 = "What colour is the shape?", "Which way does it move?"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from aurora import Aurora
-
-    torch.set_num_threads(1)
-    return Aurora.from_pretrained(write_checkpoint(tmp_path_factory.mktemp("run")), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def video():
-    return video_bytes(0)
 
 
 def data_url(data: bytes) -> str:
@@ -171,61 +154,6 @@ def test_errors_are_openai_json_with_their_status_and_the_server_serves_on(clien
     for ref in ("a.mp4", str(client.root / "a.mp4"), (client.root / "a.mp4").as_uri()):
         assert client.post("/v1/chat/completions", json=chat(ref, Q1, part="video")).status_code == 200, ref
     assert client.get("/v1/stats").json()["errors"]["422"] >= 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def real_server(app):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        t.join(10)
-
-
-@contextmanager
-def file_server(data: bytes):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path != "/v.mp4":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def live(model, video):
-    with real_server(create_app(model, name="tiny", download_timeout=10)) as base, file_server(video) as files:
-        yield base, files
 
 
 def test_real_socket_streams_and_downloads_http_videos(live, model, video):
