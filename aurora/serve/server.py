@@ -48,6 +48,7 @@ from aurora.serve.sources import VideoFetcher
 
 log = logging.getLogger("aurora.serve")
 MIB = 1 << 20
+_BACKGROUND: set = set()  # streaming jobs in flight
 
 
 class ModelWorker:
@@ -319,7 +320,9 @@ async def _sse(st: ServerState, req: ChatRequest, vs: Any, hit: bool, gen: Any, 
         except APIError as e:  # the queue filled between the read and the answer
             queue.put_nowait(("error", e))
 
-    task = asyncio.ensure_future(run_job())  # noqa: F841 (runs to its end even if the client goes)
+    task = asyncio.ensure_future(run_job())  # runs to its end even if the client goes away
+    _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_BACKGROUND.discard)
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:

@@ -185,7 +185,8 @@ def summarize(records: list[dict[str, Any]], seconds: float, rss: list[tuple[flo
     out = {
         "requests": len(records), "failed": len(records) - len(ok), "seconds": round(seconds, 3),
         "requests_per_s": round(len(ok) / seconds, 3) if seconds > 0 else None,
-        "latency_ms": {f"p{q}": _round(percentile(lat, q)) for q in (50, 90, 99)} | {"max": _round(max(lat, default=None))},
+        "latency_ms": {**{f"p{q}": _round(percentile(lat, q)) for q in (50, 90, 99)},
+                       "max": _round(max(lat, default=None))},
         "cache_header": {h: sum(r.get("cache") == h for r in ok) for h in ("hit", "miss")},
         "server_rss_mib": {"start": _round(mib[0] if mib else None), "end": _round(mib[-1] if mib else None),
                            "max": _round(max(mib, default=None)), "min": _round(min(mib, default=None)),
@@ -260,13 +261,17 @@ def write_plot(payload: dict[str, Any], path: str) -> None:
     for hit, color in (("hit", "tab:green"), ("miss", "tab:orange"), (None, "tab:red")):
         pts = [(r["start"] - t0 + r["latency_s"], r["latency_s"] * 1000) for r in recs if r.get("cache") == hit]
         if pts:
-            a.scatter(*zip(*pts), s=14, color=color, label={"hit": "cache hit", "miss": "cache miss"}.get(hit, "failed"))
+            label = {"hit": "cache hit", "miss": "cache miss"}.get(hit, "failed")
+            a.scatter(*zip(*pts), s=14, color=color, label=label)
     a.set(xlabel="seconds into the load (request done)", ylabel="latency (ms)",
           title=f"{payload['summary']['requests']} requests, {payload['config']['clients']} clients")
     a.legend()
-    rss = payload["rss"]
+    rss = [(t, m) for t, m in payload["rss"] if t >= 0] or payload["rss"]  # from the moment it served (not startup)
     if rss:
         b.plot([t for t, _ in rss], [m / 2**20 for _, m in rss], color="tab:blue")
+        s = payload["summary"]["server_rss_mib"]
+        b.text(0.02, 0.04, f"during the load: {s['start']} -> {s['end']} MiB (peak {s['max']})",
+               transform=b.transAxes)
     b.axvline(payload["load_start_rss_t"], color="gray", ls=":", label="load starts")
     b.axvline(payload["load_end_rss_t"], color="gray", ls="--", label="load ends")
     b.set(xlabel="seconds since the server was up", ylabel="server RSS (MiB)", title="server resident memory")

@@ -16,11 +16,16 @@ from infer.servefix import video_bytes, write_checkpoint
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory):
+def ckpt(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="session")
+def model(ckpt):
     from aurora import Aurora
 
     torch.set_num_threads(1)  # tiny model on a busy machine
-    return Aurora.from_pretrained(write_checkpoint(tmp_path_factory.mktemp("run")), device="cpu")
+    return Aurora.from_pretrained(ckpt, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -192,3 +192,24 @@ def test_serve_command_refuses_a_bad_model_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("aurora serve: error:"), err
     assert main(["serve", "--model", str(tmp_path / "nothing")]) == 2
+
+
+def test_serve_command_builds_the_app_and_names_a_missing_ui(ckpt, video, monkeypatch, capsys):
+    import sys
+
+    import uvicorn
+
+    from aurora.cli import main
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    assert main(["serve", "--model", str(ckpt), "--port", "8123", "--cache-mib", "1", "--device", "cpu"]) == 0
+    assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
+    with TestClient(ran["app"]) as c:
+        name = ckpt.parent.parent.name  # RUN/checkpoints/last.ckpt is served as RUN
+        assert c.get("/v1/models").json()["data"][0]["id"] == name
+        assert c.get("/v1/stats").json()["cache"]["budget_bytes"] == 1 << 20
+        assert c.post("/v1/chat/completions", json={**chat(data_url(video), Q1), "model": name}).status_code == 200
+    monkeypatch.setitem(sys.modules, "aurora.serve.ui", None)  # as if the web page module were absent
+    assert main(["serve", "--model", str(ckpt), "--ui", "--device", "cpu"]) == 2
+    assert "--ui needs the web page module aurora.serve.ui" in capsys.readouterr().err
