@@ -55,10 +55,12 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "decode": Command("aurora.tools.bench_decode:bench_decode_main", "seconds and memory to sample frames of long videos"),
         "reuse": Command("aurora.tools.bench_reuse:bench_reuse_main", "accuracy and cost of many questions from one state"),
         "live": Command("aurora.tools.bench_live:bench_live_main", "memory of reading a live stream for an hour"),
+        "serve": Command("aurora.tools.bench_serve:bench_serve_main", "load test of aurora serve: requests/s, latency, memory"),
     },
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
     },
+    "serve": Command("aurora.serve.server:serve_main", "an OpenAI-compatible server: chat completions about videos"),
     "export": Command("aurora.infer.api:export_main", "a checkpoint -> safetensors + config.json + tokenizer + model card"),
     "convert": Command("aurora.tools.convert:convert_main", "a community checkpoint -> our backbone's safetensors"),
     "parts": Command("aurora.tools.parts:parts_main", "every registered part (backbones, merges, ...) with its arguments"),
