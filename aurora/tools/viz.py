@@ -175,8 +175,8 @@ def merge_map(vision: torch.nn.Module, pixels: Tensor, mean=DEFAULT_MEAN, std=DE
         raise VizError("token sizes disagree with their source maps")
     src = vt.source[..., prefix:]
     shared = bool(((src > 0) & (src < 1)).any())
-    m = torch.tensor(mean, dtype=pixels.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=pixels.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
     images = (pixels * s + m).clamp(0, 1).permute(0, 2, 3, 1)
     return MergeMap(images=images, sizes=vt.sizes, source=vt.source, assignment=assignment, patch_size=p,
                     prefix=prefix, shared=shared, settings=merge_settings(vision, spec, grid[0] * grid[1]))
@@ -218,13 +218,12 @@ def token_colours(n: int) -> list[tuple[float, float, float]]:
 # ------------------------------------------------------------------------------------------------ drawing
 
 
-def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
-    """One panel per frame: the frame, each token's patches filled in its colour, token edges, ``k:size`` labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(mm: MergeMap, title: str = "", alpha: float = 0.6):
+    """The merge picture as a matplotlib ``Figure``: one panel per frame, the frame, each token's patches filled in
+    its colour, token edges, ``k:size`` labels. A bare ``Figure`` (no pyplot state), so a server may draw it from
+    any thread; :func:`draw` writes it as a PNG, :func:`render` returns its pixels."""
     import numpy as np
+    from matplotlib.figure import Figure
 
     f = mm.images.shape[0]
     gh, gw = mm.assignment.shape[1:]
@@ -236,7 +235,8 @@ def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0
     title = "\n".join(textwrap.fill(line, width=int(width * 11)) for line in title.splitlines())
     head = 0.19 * (title.count("\n") + 1) + 0.15  # inches of title above the panels
     height = panel * rows + head
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     palette = np.array(token_colours(mm.tokens_per_frame))
     fontsize = max(4.0, min(9.0, 150.0 / max(gh, gw)))
     p = mm.patch_size
@@ -277,7 +277,25 @@ def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0
             idx += f"\nclass token (no patch): {', '.join(off_grid)}"
         ax.set_title(idx, fontsize=9)
     fig.suptitle(title, fontsize=9)
-    return save_figure(fig, out)
+    return fig
+
+
+def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
+    """Write the merge picture (:func:`figure`) as a PNG at ``out`` (atomically)."""
+    return save_figure(figure(mm, title, alpha), out)
+
+
+def render(mm: MergeMap, title: str = "", alpha: float = 0.6, dpi: int = 110):
+    """The merge picture (:func:`figure`) as an RGB image, a uint8 array (height, width, 3): what :func:`draw`
+    writes, for a page that shows it without a file."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figure(mm, title, alpha)
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def describe(mm: MergeMap) -> str:
