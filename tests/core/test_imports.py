@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"aurora": "aurora", "aurora.components": "components", "aurora.kernels": "kernels", "aurora.data": "data",
             "aurora.recipes": "recipes"}
 CORE = {"aurora", "aurora.model", "aurora.types", "aurora.registry", "aurora.checkpoint", "aurora.io", "aurora.lora"}
-WINGS = ("aurora.train", "aurora.infer", "aurora.evaluation", "aurora.tools")
+WINGS = ("aurora.train", "aurora.infer", "aurora.evaluation", "aurora.tools", "aurora.serve")
 BELOW_WINGS = ("aurora.components", "aurora.kernels", "aurora.data", "aurora.recipes")
 
 
