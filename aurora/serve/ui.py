@@ -269,17 +269,16 @@ class Page:
         gen = {"temperature": float(temperature or 0.0)}
         if max_new_tokens:
             gen["max_new_tokens"] = int(max_new_tokens)
-        chat = session["chat"] = [*session["chat"], {"role": "user", "content": question},
-                                  {"role": "assistant", "content": ""}]
-        yield chat, session, "", self.info(session)
+        head = [*session["chat"], {"role": "user", "content": question}]
+        yield [*head, {"role": "assistant", "content": ""}], session, "", self.info(session)
         text = ""
         for piece in self.runner.iterate(self.model.stream(vs, question, **gen)):
             text += piece
-            chat[-1] = {"role": "assistant", "content": text}
-            yield chat, session, "", self.info(session)
+            yield [*head, {"role": "assistant", "content": text}], session, "", self.info(session)
         session["asked"][session["sha"]] = session["asked"].get(session["sha"], 0) + 1
-        chat[-1] = {"role": "assistant", "content": text.strip()}  # the answer as Aurora.ask returns it
-        yield chat, session, "", self.info(session)
+        # the answer as Aurora.ask returns it (stripped)
+        session["chat"] = [*head, {"role": "assistant", "content": text.strip()}]
+        yield session["chat"], session, "", self.info(session)
 
 
 # ------------------------------------------------------------------------------------------------ wiring
