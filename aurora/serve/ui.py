@@ -329,7 +329,9 @@ def build_ui(model: Any, videos: str | os.PathLike | None = None, runner: ModelR
                 gallery = gr.Gallery(label="Sampled frames", columns=8, height=220, elem_id="aurora-frames")
                 merge = gr.Image(label="Merged tokens (aurora viz merge)", type="numpy", elem_id="aurora-merge",
                                  interactive=False)
-        chat = gr.Chatbot(label="Conversation", height=320, elem_id="aurora-chat")
+        # the model's text as it is (no Markdown or LaTeX rendering: the page shows what Aurora.ask returns)
+        chat = gr.Chatbot(label="Conversation", height=320, elem_id="aurora-chat", render_markdown=False,
+                          latex_delimiters=[], feedback_options=None)
         with gr.Row():
             question = gr.Textbox(label="Question", placeholder="What colour is the shape?", scale=4,
                                   elem_id="aurora-question")
@@ -357,6 +359,7 @@ def mount_ui(app: Any, model: Any, videos: str | os.PathLike | None = None, path
 
         model = Aurora.from_pretrained(model)
     blocks = build_ui(model, videos, ModelRunner.for_app(app, model))
+    app.state.aurora_ui = blocks.aurora_page  # the page's callbacks and counters, for the app's owner
     allowed = [str(Path(videos).resolve())] if videos is not None else None  # the example videos play on the page
     return gr.mount_gradio_app(app, blocks, path=path, ssr_mode=False, allowed_paths=allowed,
                                footer_links=["gradio"])
