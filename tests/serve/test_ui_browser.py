@@ -9,6 +9,7 @@ one in docs/img/ was taken, by hand)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import threading
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from aurora.data.synthetic import render
+from aurora.data.video import encode_mp4
 from infer.servefix import video_bytes, write_checkpoint
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -81,7 +84,7 @@ def test_a_question_in_the_browser_gets_the_answer_of_aurora_ask(tmp_path):
 
     videos = tmp_path / "videos"
     videos.mkdir()
-    (videos / "clip.mp4").write_bytes(video_bytes(0))
+    (videos / "clip.mp4").write_bytes(encode_mp4(render("red", "square", "right", 12, 64, random.Random(0))))
     (videos / "other.mp4").write_bytes(video_bytes(1))
     model = Aurora.from_pretrained(write_checkpoint(tmp_path / "run"), device="cpu")
     ref1 = model.ask(videos / "clip.mp4", Q1, temperature=0.0).text
@@ -91,7 +94,7 @@ def test_a_question_in_the_browser_gets_the_answer_of_aurora_ask(tmp_path):
     page = app.state.aurora_ui
     assert ref1
     with serving(app) as url, chromium() as driver:
-        wait = WebDriverWait(driver, 60)
+        wait = WebDriverWait(driver, 60, poll_frequency=0.1)
         driver.get(url + "/")  # redirects to /ui/
         label = wait.until(EC.element_to_be_clickable(
             (By.XPATH, "//*[@id='aurora-examples']//label[.//*[normalize-space()='clip.mp4']]")))
