@@ -61,6 +61,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
     },
     "serve": Command("aurora.serve.server:serve_main", "an OpenAI-compatible server: chat completions about videos"),
+    "ui": Command("aurora.serve.ui:ui_main", "the web page: pick or upload a video, see its frames and merges, ask"),
     "export": Command("aurora.infer.api:export_main", "a checkpoint -> safetensors + config.json + tokenizer + model card"),
     "convert": Command("aurora.tools.convert:convert_main", "a community checkpoint -> our backbone's safetensors"),
     "parts": Command("aurora.tools.parts:parts_main", "every registered part (backbones, merges, ...) with its arguments"),

@@ -177,8 +177,8 @@ def merge_map(vision: torch.nn.Module, pixels: Tensor, mean=DEFAULT_MEAN, std=DE
         raise VizError("token sizes disagree with their source maps")
     src = vt.source[..., prefix:]
     shared = bool(((src > 0) & (src < 1)).any())
-    m = torch.tensor(mean, dtype=pixels.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=pixels.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
     images = (pixels * s + m).clamp(0, 1).permute(0, 2, 3, 1)
     return MergeMap(images=images, sizes=vt.sizes, source=vt.source, assignment=assignment, patch_size=p,
                     prefix=prefix, shared=shared, settings=merge_settings(vision, spec, grid[0] * grid[1]))
@@ -264,13 +264,11 @@ def frame_colours(mm: MergeMap, frame: int) -> Tensor:
 
 def figure(mm: MergeMap, title: str = "", alpha: float = 0.6):
     """Two panels per frame, side by side: the frame as the encoder saw it, then the same frame with each token's
-    patches filled in its colour, token edges and ``k:size`` labels. Returns the matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    patches filled in its colour, token edges and ``k:size`` labels. A bare matplotlib ``Figure`` (no pyplot
+    state), so a server may draw it from any thread; :func:`draw` writes it as a PNG, :func:`render` returns its
+    pixels."""
     from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
 
     f = mm.images.shape[0]
     gh, gw = mm.assignment.shape[1:]
@@ -282,7 +280,8 @@ def figure(mm: MergeMap, title: str = "", alpha: float = 0.6):
     title = "\n".join(textwrap.fill(line, width=int(width * 11)) for line in title.splitlines())
     head = 0.19 * (title.count("\n") + 1) + 0.15  # inches of title above the panels
     height = (panel + 0.35) * rows + head
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     fontsize = max(4.0, min(9.0, 130.0 / max(gh, gw)))
     p = mm.patch_size
     for ax in axes.flat:
@@ -324,8 +323,21 @@ def figure(mm: MergeMap, title: str = "", alpha: float = 0.6):
 
 
 def draw(mm: MergeMap, out: str | os.PathLike, title: str = "", alpha: float = 0.6) -> Path:
-    """:func:`figure` written to ``out`` (PNG, atomically)."""
+    """Write the merge picture (:func:`figure`) as a PNG at ``out`` (atomically)."""
     return save_figure(figure(mm, title, alpha), out)
+
+
+def render(mm: MergeMap, title: str = "", alpha: float = 0.6, dpi: int = 110):
+    """The merge picture (:func:`figure`) as an RGB image, a uint8 array (height, width, 3): what :func:`draw`
+    writes, for a page that shows it without a file."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figure(mm, title, alpha)
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def describe(mm: MergeMap) -> str:

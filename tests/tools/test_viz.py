@@ -220,3 +220,17 @@ def test_raw_frame_beside_each_merged_panel_and_neighbours_never_share_a_colour(
     star = torch.tensor([[1, 2, 3], [4, 0, 5], [6, 7, 8]])
     ring = colour_tokens(star, torch.ones(9), palette=2)
     assert all(ring[x] != ring[y] for x, y in adjacent_tokens(star))
+
+
+def test_render_returns_the_pixels_draw_writes(files, tmp_path):
+    """The page shows `render`'s array; `aurora viz merge` writes `draw`'s PNG: one picture."""
+    from PIL import Image
+
+    from aurora.tools.viz import draw, render
+
+    mm = run_merge(str(files / "v.mp4"), str(files / "tiny.yaml"), frames=2)
+    img = render(mm, "a title")
+    png = np.asarray(Image.open(draw(mm, tmp_path / "m.png", "a title")).convert("RGB"))
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert img.shape == png.shape and np.array_equal(img, png)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20  # a picture, not a blank canvas
