@@ -54,6 +54,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "vision": Command("aurora.tools.bench_vision:bench_vision_main", "ViT frames/s and tokens per frame vs merge"),
         "decode": Command("aurora.tools.bench_decode:bench_decode_main", "seconds and memory to sample frames of long videos"),
         "reuse": Command("aurora.tools.bench_reuse:bench_reuse_main", "accuracy and cost of many questions from one state"),
+        "step": Command("aurora.tools.bench_step:bench_step_main", "the demo's training step per backbone, per part"),
     },
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
