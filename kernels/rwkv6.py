@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aurora.kernels.chunking import dyadic_intra, group_chunks, pow2_at_least
+from aurora.kernels.chunking import (chunk_sums, dyadic_intra, dyadic_intra_backward, group_chunks,
+                                     pow2_at_least)
 
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
@@ -78,7 +79,11 @@ def wkv6_chunked(
     chunk_size: int = 16,
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Chunk-parallel WKV-6 (same result as :func:`wkv6_recurrent`, stable for any decay <= 0)."""
+    """Chunk-parallel WKV-6 (same result as :func:`wkv6_recurrent`, stable for any decay <= 0).
+
+    With autograd on, it runs as one :class:`torch.autograd.Function` whose backward is chunked too
+    (:func:`_wkv6_chunked_backward`): a handful of batched products per group of chunks instead of the backward of
+    every small op of the forward (3x less time at the demo's sizes)."""
     _check(r, k, v, w, u, state)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -91,39 +96,140 @@ def wkv6_chunked(
     if t == 0:
         return r.new_zeros(b, 0, h, dv).to(out_dtype), s
     L = pow2_at_least(min(chunk_size, t))
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (r, k, v, w, u, s)):
+        o, s = _WKV6Chunked.apply(r, k, v, w, u, s, L, scale)
+    else:
+        o, s = _wkv6_chunked_forward(r, k, v, w, u, s, L, scale)
+    return o.to(out_dtype), s
+
+
+def _to_chunks(xs: tuple[Tensor, ...], t0: int, t1: int, L: int) -> tuple[list[Tensor], int]:
+    """Tokens t0:t1 of each (B, T, H, D) tensor, zero-padded to whole chunks, as (B, H, G, L, D); and G."""
+    ng = -(-(t1 - t0) // L)
+    pad = ng * L - (t1 - t0)
+    out = []
+    for x in xs:
+        x = x[:, t0:t1]
+        if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
+            x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        out.append(x.reshape(x.shape[0], ng, L, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4))
+    return out, ng
+
+
+def _from_chunks(x: Tensor, n_tokens: int) -> Tensor:
+    """(B, H, G, L, D) -> (B, n_tokens, H, D): the inverse of :func:`_to_chunks`."""
+    b, h, g, L, d = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(b, g * L, h, d)[:, :n_tokens]
+
+
+def _decays(wg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per chunk (B, H, G, L, N): exp(c_{t-1}) (decay before each token), exp(w_{s+1} + ... + w_L) (from each token
+    to the chunk's end) and exp(c_L) (B, H, G, N); every exponent a direct sum (:func:`chunk_sums`)."""
+    return chunk_sums(wg)
+
+
+def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | None = None
+                          ) -> tuple[Tensor, Tensor]:
+    """The chunked forward; ``keep`` (a list) receives, per group of chunks, what the backward reuses: the decay
+    factors and the state entering each chunk."""
+    b, t, h, _ = r.shape
     group = group_chunks(b, h, L)
     # Preallocated output, filled one group of chunks at a time: no temporary scales with T.
-    o = r.new_empty(b, t, h, dv)
+    o = r.new_empty(b, t, h, v.shape[-1])
     for t0 in range(0, t, group * L):
         t1 = min(t, t0 + group * L)
-        rg, kg, vg, wg = (x[:, t0:t1] for x in (r, k, v, w))
         # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
-        bonus = (rg * u * kg).sum(-1, keepdim=True) * vg  # (B, Tg, H, V)
-        ng = -(-(t1 - t0) // L)
-        pad = ng * L - (t1 - t0)
-        if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
-            rg, kg, vg, wg = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (rg, kg, vg, wg))
-        # (B, Tg, H, D) -> (B, H, G, L, D)
-        rg, kg, vg, wg = (x.reshape(b, ng, L, h, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (rg, kg, vg, wg))
-        c = wg.cumsum(3)  # c_t: log decay accumulated over tokens 1..t of the chunk (inclusive)
-        c_prev = c - wg  # c_{t-1}: accumulated before token t
-        c_last = c[:, :, :, -1:, :]  # c_L, (B, H, G, 1, N)
+        bonus = (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * v[:, t0:t1]  # (B, Tg, H, V)
+        (rg, kg, vg, wg), ng = _to_chunks((r, k, v, w), t0, t1, L)
+        e_prev, e_rest, e_last = _decays(wg)
         # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
         y = dyadic_intra(rg, kg, vg, wg, inclusive=False) if L > 1 else None
         # What each chunk adds to the state, and how much of the incoming state survives it.
-        # w_{s+1} + ... + w_L, summed directly (not c_L - c_s, which loses |c| * 1e-7 of the exponent in fp32)
-        rest = F.pad(wg.flip(3).cumsum(3).flip(3)[..., 1:, :], (0, 0, 0, 1))
-        chunk_kv = (rest.exp() * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
-        chunk_decay = c_last.squeeze(-2).exp().unsqueeze(-1)  # (B, H, G, N, 1)
+        chunk_kv = (e_rest * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
         incoming = []
         for i in range(ng):  # the only sequential part: one cheap update per chunk
             incoming.append(s)
-            s = chunk_decay[:, :, i] * s + chunk_kv[:, :, i]
-        inter = (rg * c_prev.exp()) @ torch.stack(incoming, 2)  # from the state entering each chunk
+            s = e_last[:, :, i, :, None] * s + chunk_kv[:, :, i]
+        incoming = torch.stack(incoming, 2)
+        if keep is not None:
+            keep.append((e_prev, e_rest, e_last, incoming))
+        inter = (rg * e_prev) @ incoming  # from the state entering each chunk
         y = inter if y is None else y + inter
-        y = y.permute(0, 2, 3, 1, 4).reshape(b, ng * L, h, dv)[:, :t1 - t0] + bonus
+        y = _from_chunks(y, t1 - t0) + bonus
         o[:, t0:t1] = y * scale if scale != 1.0 else y
-    return o.to(out_dtype), s
+    return o, s
+
+
+def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: float, saved: list):
+    """Gradients of :func:`_wkv6_chunked_forward` for (r, k, v, w, u, s0), chunked like the forward.
+
+    With S_t the state after token t, G_t = dLoss/dS_t (G_T = ``ds``), dy = scale * do:
+
+    - dv_s = G_s^T (k_s exp(decay s+1..)) + bonus: a WKV run backwards in time (intra: A^T dy, inter: G_out);
+    - the state parts of dr_t = S_{t-1} dy_t and of dk_s = G_s v_s (each with its decay factor, dyadic inside
+      chunks as the forward, with the state entering / the adjoint leaving each chunk between them);
+    - dw from the log decay's cumulative sums C: dC_j = r_{j+1}·dr_{j+1} - k_j·dk_j (state parts only, per channel)
+      plus, at the last token, sum_v ds ⊙ S_T; dw_i = sum_{j >= i} dC_j (C_j = w_1 + ... + w_j);
+    - ds0 = the adjoint entering the first chunk.
+
+    One pass over the groups of chunks in reverse, with the forward's decay factors and chunk states (``saved``):
+    the adjoint and every gradient of the group's tokens."""
+    b, t, h, n = r.shape
+    dy = do * scale if scale != 1.0 else do
+    group = group_chunks(b, h, L)
+    starts = list(range(0, t, group * L))
+    drs, dks, dvv = torch.empty_like(r), torch.empty_like(k), torch.empty_like(v)
+    adj = torch.zeros_like(s0) if ds is None else ds.to(s0.dtype)
+    for gi in reversed(range(len(starts))):
+        t0 = starts[gi]
+        t1 = min(t, t0 + group * L)
+        (rg, kg, vg, wg, dyg), ng = _to_chunks((r, k, v, w, dy), t0, t1, L)
+        e_prev, e_rest, e_last, s_in = saved[gi]
+        kr, rq = kg * e_rest, rg * e_prev
+        rq_dy = rq.transpose(-1, -2) @ dyg  # what each chunk's outputs ask of the state entering it
+        g_out = [None] * ng
+        for i in reversed(range(ng)):  # the adjoint: gradient with respect to the state leaving each chunk
+            g_out[i] = adj
+            adj = e_last[:, :, i, :, None] * adj + rq_dy[:, :, i]
+        g_out = torch.stack(g_out, 2)  # (B, H, G, N, V)
+        d_r = (dyg @ s_in.transpose(-1, -2)) * e_prev
+        d_k = (vg @ g_out.transpose(-1, -2)) * e_rest
+        d_v = kr @ g_out
+        if L > 1:
+            dyadic_intra_backward(rg, kg, vg, wg, dyg, d_r, d_k, d_v)
+        drs[:, t0:t1], dks[:, t0:t1], dvv[:, t0:t1] = (_from_chunks(x, t1 - t0) for x in (d_r, d_k, d_v))
+    p = (v * dy).sum(-1, keepdim=True)  # the bonus term's gradients
+    dr = drs + u * k * p
+    dk = dks + u * r * p
+    dvv += (r * u * k).sum(-1, keepdim=True) * dy
+    du = (r * k * p).sum((0, 1))
+    dc = -(k * dks)
+    dc[:, :-1] += r[:, 1:] * drs[:, 1:]
+    if ds is not None:
+        dc[:, -1] += (ds.to(s_final.dtype) * s_final).sum(-1)
+    dw = dc.flip(1).cumsum(1).flip(1)
+    return dr, dk, dvv, dw, du, adj
+
+
+class _WKV6Chunked(torch.autograd.Function):
+    """:func:`_wkv6_chunked_forward` with :func:`_wkv6_chunked_backward` as its gradient (first order)."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, s0, L, scale):
+        ctx.saved = []
+        o, s = _wkv6_chunked_forward(r, k, v, w, u, s0, L, scale, ctx.saved)
+        ctx.save_for_backward(r, k, v, w, u, s0, s)
+        ctx.L, ctx.scale = L, scale
+        return o, s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do, ds):
+        r, k, v, w, u, s0, s = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(r[..., :1]).expand(*r.shape[:3], v.shape[-1])
+        grads = _wkv6_chunked_backward(r, k, v, w, u, s0, s, do.contiguous(), ds, ctx.L, ctx.scale, ctx.saved)
+        return (*grads, None, None)
 
 
 def wkv6(

@@ -192,3 +192,28 @@ def test_official_checkpoint_loads_and_wrong_shapes_are_named(tmp_path):
     with pytest.raises(ValueError, match="not an official RWKV-6 checkpoint"):
         RWKV6.from_official({"emb.weight": sd["emb.weight"]})
 
+
+
+@pytest.mark.parametrize("chunk,t", [(1, 3), (4, 11), (8, 19)])
+def test_chunked_backward_is_the_exact_gradient(chunk, t):
+    """The chunked form's own backward (a custom autograd Function) against finite differences, in fp64, with a
+    scale, an initial state and a length that is no multiple of the chunk."""
+    r, k, v, w, u, s0 = inputs(b=1, t=t, h=2, n=3, decay="weak")
+    xs = [x.clone().requires_grad_(True) for x in (r, k, v, w, u, s0)]
+    assert torch.autograd.gradcheck(lambda *a: wkv6_chunked(*a, chunk_size=chunk, scale=0.7), xs, fast_mode=True)
+
+
+def test_chunked_backward_over_several_groups_equals_recurrent_autograd():
+    """Long enough for several passes over groups of chunks (4 x 8 rows x 16 tokens: 8 chunks a pass)."""
+    r, k, v, w, u, s0 = inputs(b=4, t=300, h=8, n=4, decay="mixed")
+
+    def run(fn):
+        xs = [x.clone().requires_grad_(True) for x in (r, k, v, w, u, s0)]
+        o, s = fn(*xs)
+        (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum().add(s.pow(2).sum()).backward()
+        return [o, s] + [x.grad for x in xs]
+
+    want = run(lambda *a: wkv6_recurrent(*a, scale=0.5))
+    got = run(lambda *a: wkv6_chunked(*a, chunk_size=16, scale=0.5))
+    for name, a, b in zip("o s r k v w u s0".split(), got, want):
+        assert close(a, b, 1e-9), name
