@@ -55,6 +55,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "decode": Command("aurora.tools.bench_decode:bench_decode_main", "seconds and memory to sample frames of long videos"),
         "reuse": Command("aurora.tools.bench_reuse:bench_reuse_main", "accuracy and cost of many questions from one state"),
         "live": Command("aurora.tools.bench_live:bench_live_main", "memory of reading a live stream for an hour"),
+        "choice": Command("aurora.tools.bench_choice:bench_choice_main", "multiple choice by likelihood vs generated letters"),
     },
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
