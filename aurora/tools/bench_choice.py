@@ -60,6 +60,7 @@ def write_grey_videos(bench, frames: int = 8, size: int = 32) -> int:
     """A flat-grey mp4 (frame i of value 30 i) for each of ``bench``'s missing videos; the count written."""
     import numpy as np
 
+    from aurora.data.benchmarks import VIDEO_EXTS
     from aurora.data.video import encode_mp4
     from aurora.io import atomic_write_bytes
 
@@ -68,8 +69,10 @@ def write_grey_videos(bench, frames: int = 8, size: int = 32) -> int:
     n = 0
     for m in bench.missing_videos:
         path = Path(m["video"])
-        if path.suffix.lower() not in (".mp4", ".mkv", ".avi", ".webm", ".mov"):
-            continue  # a frame folder or an id without an extension: left missing
+        if path.suffix.lower() not in VIDEO_EXTS:  # an id (Video-MME, EgoSchema) or a frame folder (MVBench)
+            path = path.with_name(path.name + ".mp4")  # the readers look for <id> + each usual extension
+        if path.exists():
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
         n += 1
@@ -193,6 +196,8 @@ def bench_choice_main(argv: list[str]) -> int:
                 bench, limit = shard_benchmark(args.shards, args.limit, Path(tmp)), None
             if bench.kind != MULTIPLE_CHOICE:
                 raise BenchmarkFormatError(f"{bench.name} is not multiple choice: nothing to choose")
+            if not bench.samples:
+                raise BenchmarkFormatError(f"{bench.name}: no question has its video ({bench.summary()})")
             log(bench.summary() + (f" ({written} grey videos written)" if written else ""))
             pred = AuroraPredictor(args.ckpt, args.config, args.frames, args.max_new_tokens)
         except (BenchmarkFormatError, CheckpointError, RecipeError, FileNotFoundError, ValueError) as e:
