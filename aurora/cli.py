@@ -57,6 +57,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "live": Command("aurora.tools.bench_live:bench_live_main", "memory of reading a live stream for an hour"),
         "serve": Command("aurora.tools.bench_serve:bench_serve_main", "load test of aurora serve: requests/s, latency, memory"),
         "step": Command("aurora.tools.bench_step:bench_step_main", "the demo's training step per backbone, per part"),
+        "choice": Command("aurora.tools.bench_choice:bench_choice_main", "multiple choice by likelihood vs generated letters"),
     },
     "viz": {
         "merge": Command("aurora.tools.viz:viz_merge_main", "picture of which patches each merged token holds"),
