@@ -53,6 +53,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "memory": Command("aurora.tools.bench_memory:bench_memory_main", "streaming inference memory vs frames read"),
         "vision": Command("aurora.tools.bench_vision:bench_vision_main", "ViT frames/s and tokens per frame vs merge"),
         "decode": Command("aurora.tools.bench_decode:bench_decode_main", "seconds and memory to sample frames of long videos"),
+        "loader": Command("aurora.tools.bench_loader:bench_loader_main", "DataLoader samples/s at stage-3 settings vs the step time"),
         "reuse": Command("aurora.tools.bench_reuse:bench_reuse_main", "accuracy and cost of many questions from one state"),
         "live": Command("aurora.tools.bench_live:bench_live_main", "memory of reading a live stream for an hour"),
         "serve": Command("aurora.tools.bench_serve:bench_serve_main", "load test of aurora serve: requests/s, latency, memory"),
