@@ -14,7 +14,7 @@ def test_bench_choice_on_the_mvbench_fixture(tmp_path, capsys):
     from aurora.data.benchmarks import read_benchmark
     from aurora.infer.engine import engine_from_checkpoint
 
-    tiny_checkpoint(tmp_path / "m.ckpt", max_new_tokens=3)
+    tiny_checkpoint(tmp_path / "m.ckpt", max_new_tokens=3, inference={"num_frames": 2})  # as aurora fit writes
     videos = tmp_path / "videos"
     rc = main(["bench", "choice", "--ckpt", str(tmp_path / "m.ckpt"), "--benchmark", "mvbench", "--annotations",
                str(FIX / "mvbench/json"), "--videos", str(videos), "--grey-videos", "--frames", "2", "--limit", "3",
