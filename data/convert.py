@@ -108,48 +108,61 @@ def remux_mp4(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def _encode_h264(frames: Iterator[np.ndarray], rate: Fraction, crf: int) -> bytes:
+    """RGB frames -> H.264 mp4 bytes (``preset=veryfast``, yuv420p, video only), one frame per tick of ``rate``,
+    encoded as they come (one held at a time); odd sizes lose their last row / column (yuv420p). Any failure is a
+    :class:`VideoDecodeError` naming it."""
+    out = io.BytesIO()
+    try:
+        with av.open(out, mode="w", format="mp4") as dst:
+            target = None
+            for k, rgb in enumerate(frames):
+                rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
+                if target is None:
+                    if rgb.size == 0:
+                        raise VideoDecodeError(f"frames too small for H.264: {rgb.shape[1]}x{rgb.shape[0]}")
+                    target = dst.add_stream("libx264", rate=rate)
+                    target.height, target.width = rgb.shape[:2]
+                    target.pix_fmt, target.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts, frame.time_base = k, 1 / rate
+                for packet in target.encode(frame):
+                    dst.mux(packet)
+            if target is None:
+                raise VideoDecodeError("video has no decodable frames")
+            for packet in target.encode():
+                dst.mux(packet)
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # FFmpeg's many error types for broken input
+        raise VideoDecodeError(f"cannot re-encode video ({type(e).__name__}: {e})") from e
+    return out.getvalue()
+
+
 def transcode_mp4(data: bytes, crf: int = 18) -> bytes:
     """Re-encode the first video stream to H.264 mp4 frame by frame (long videos never sit in memory); the
     frames are numbered at the source's average rate and odd sizes lose their last row/column (yuv420p)."""
-    out = io.BytesIO()
     try:
         with av.open(io.BytesIO(data), mode="r") as src:
             if not src.streams.video:
                 raise VideoDecodeError("no video stream")
             stream = src.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or 25
-            with av.open(out, mode="w", format="mp4") as dst:
-                target = None
-                for frame in src.decode(stream):
-                    rgb = frame.to_ndarray(format="rgb24")
-                    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
-                    if target is None:
-                        target = dst.add_stream("libx264", rate=rate)
-                        target.height, target.width = rgb.shape[:2]
-                        target.pix_fmt, target.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
-                    for packet in target.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                        dst.mux(packet)
-                if target is None:
-                    raise VideoDecodeError("video has no decodable frames")
-                for packet in target.encode():
-                    dst.mux(packet)
+            rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
+            return _encode_h264((f.to_ndarray(format="rgb24") for f in src.decode(stream)), rate, crf)
     except VideoDecodeError:
         raise
     except Exception as e:
         raise VideoDecodeError(f"cannot re-encode video ({type(e).__name__}: {e})") from e
-    return out.getvalue()
 
 
 def resample_mp4(source: str | Path | bytes, fps: float | None = None, short_side: int | None = None,
                  crf: int = DEFAULT_CRF) -> bytes:
-    """Re-encode a video to H.264 mp4 (``preset=veryfast``, yuv420p, video only), pre-sampled at ``fps`` frames
-    per second (the frame on screen at each sampling time, :func:`aurora.data.reader.choose_indices`; None: every
-    frame, renumbered at the average rate) and resized inside FFmpeg's scaler so its short side is at most
+    """Re-encode a video to H.264 mp4 (:func:`_encode_h264`), pre-sampled at ``fps`` frames per second (the
+    frame on screen at each sampling time, :func:`aurora.data.reader.choose_indices`; None: every frame,
+    renumbered at the average rate) and resized inside FFmpeg's scaler so its short side is at most
     ``short_side`` (:class:`~aurora.data.reader.FrameReader`: the full-size RGB frame never exists). Frames are
     streamed: one is held at a time, whatever the video's length. The output runs at ``fps`` (or the source's
-    average rate) with one frame per tick, so it lasts as long as the source; odd sizes lose their last row /
-    column (yuv420p)."""
-    out = io.BytesIO()
+    average rate) with one frame per tick, so it lasts as long as the source."""
     try:
         with FrameReader(source, short_side=short_side) as reader:
             if fps is not None:
@@ -158,29 +171,11 @@ def resample_mp4(source: str | Path | bytes, fps: float | None = None, short_sid
             else:
                 indices = range(len(reader))
                 rate = Fraction(reader.info.fps).limit_denominator(1001) if reader.info.fps > 0 else Fraction(25)
-            with av.open(out, mode="w", format="mp4") as dst:
-                target = None
-                for k, (_, rgb) in enumerate(reader.iter_frames(indices)):
-                    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
-                    if target is None:
-                        if rgb.size == 0:
-                            raise VideoDecodeError(f"frames too small for H.264: {rgb.shape[1]}x{rgb.shape[0]}")
-                        target = dst.add_stream("libx264", rate=rate)
-                        target.height, target.width = rgb.shape[:2]
-                        target.pix_fmt, target.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                    frame.pts, frame.time_base = k, 1 / rate
-                    for packet in target.encode(frame):
-                        dst.mux(packet)
-                if target is None:
-                    raise VideoDecodeError("video has no decodable frames")
-                for packet in target.encode():
-                    dst.mux(packet)
+            return _encode_h264((rgb for _, rgb in reader.iter_frames(indices)), rate, crf)
     except VideoDecodeError:
         raise
     except Exception as e:  # FFmpeg's many error types for broken input
         raise VideoDecodeError(f"cannot re-encode video ({type(e).__name__}: {e})") from e
-    return out.getvalue()
 
 
 def image_to_mp4(data: bytes, short_side: int | None = None) -> bytes:
