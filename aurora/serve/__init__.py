@@ -7,7 +7,8 @@
   base64 ``data:`` URL) as bytes, under a size limit;
 - :mod:`aurora.serve.cache`: the states of videos already read, keyed by content hash and read settings, in a
   byte budget (LRU);
-- :mod:`aurora.serve.errors`: OpenAI's error JSON with its status.
+- :mod:`aurora.serve.errors`: OpenAI's error JSON with its status;
+- :mod:`aurora.serve.model`: the model a serving command loads, its errors one line.
 
 See docs/serving.md.
 """

@@ -408,18 +408,11 @@ def serve_main(argv: list[str]) -> int:
         p.error(f"--video-root {args.video_root} is not a folder")
     import uvicorn
 
-    from aurora.checkpoint import CheckpointError
-    from aurora.infer.api import Aurora, PretrainedError
-    from aurora.infer.engine import StreamError
+    from aurora.serve.model import open_model
 
-    try:
-        model = Aurora.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                       chunk_frames=args.chunk_frames, config=args.config)
-    except (CheckpointError, PretrainedError, StreamError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("AURORA_DEBUG"):
-            raise
-        print("aurora serve: error: " + " ".join(str(e).split()) + " (AURORA_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+    model = open_model("serve", args.model, device=args.device, dtype=args.dtype, chunk_frames=args.chunk_frames,
+                       config=args.config)
+    if model is None:
         return 2
     name = args.name or default_name(args.model)
     app = create_app(model, name=name, cache_bytes=int(args.cache_mib * MIB),

@@ -398,17 +398,10 @@ def ui_main(argv: list[str]) -> int:
         p.error(f"--videos {args.videos} is not a folder")
     if not 0 < args.port < 65536:
         p.error(f"--port must be in 1..65535, got {args.port}")
-    from aurora.checkpoint import CheckpointError
-    from aurora.infer.api import Aurora, PretrainedError
-    from aurora.infer.engine import StreamError
+    from aurora.serve.model import open_model
 
-    try:
-        model = Aurora.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
-    except (CheckpointError, PretrainedError, StreamError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("AURORA_DEBUG"):
-            raise
-        print("aurora ui: error: " + " ".join(str(e).split()) + " (AURORA_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+    model = open_model("ui", args.model, device=args.device, dtype=args.dtype, config=args.config)
+    if model is None:
         return 2
     import uvicorn
 
