@@ -13,7 +13,7 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from aurora.data.prompt import PromptTemplate
+from aurora.data.prompt import PromptFields, PromptTemplate
 from aurora.data.tokenizers import build_tokenizer
 from aurora.data.reader import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 from aurora.data.shards import FRAME_ORDERS, OVERLONG, VideoQADataset, check_sampling, collate, expand_shards
@@ -105,7 +105,7 @@ class AuroraDataModule(L.LightningDataModule):
         tokens_per_frame: int = 0,
         overlong: str = "truncate",
         frame_order: str = "original",
-        template: dict[str, Any] | None = None,
+        template: PromptFields | None = None,
         eval_lead: str | None = None,
         seed: int = 0,
         fps: float | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from aurora.data.tokenizers import RWKVWorld, world_vocab_file  # noqa: F401  (world_vocab_file: re-exported)
 from aurora.types import IGNORE_INDEX, VIDEO_TOKEN
@@ -17,6 +17,20 @@ Tokenizer = RWKVWorld
 
 LEADS = ("question", "generic", "none", "mix")
 DEFAULT_MIX = {"question": 0.5, "generic": 0.25, "none": 0.25}
+
+
+class PromptFields(TypedDict, total=False):
+    """A recipe's ``data.template``: :class:`PromptTemplate`'s fields, typed. Typed, not ``dict[str, Any]``:
+    jsonargparse reads a string under ``Any`` as YAML, so ``before: "Q: {question}"`` became the mapping
+    ``{"Q": {"question": None}}`` and the first prompt built failed ("'dict' object has no attribute 'format'")."""
+
+    before: str
+    after: str
+    answer: str
+    stop: str
+    lead: str
+    generic: str
+    mix: dict[str, float] | None
 
 
 @dataclass

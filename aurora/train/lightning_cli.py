@@ -97,8 +97,8 @@ def data_from_checkpoint(cfg: Any, ckpt: dict[str, Any], argv: list[str], where:
     given = {a.split("=", 1)[0][len("--data."):].split(".")[0] for a in argv if a.startswith("--data.")}
     changed = []
     for key, value in saved.items():
-        if key in given or key not in data:
-            continue
+        if key in given or key not in data or value is None and key in ("mean", "std", "image_size"):
+            continue  # given on the command line, not a setting of this datamodule, or not recorded
         now = _plain(data.get(key))
         if key == "template":  # the recipe's fields over the defaults, as the datamodule builds it
             import dataclasses
