@@ -364,7 +364,8 @@ class VideoQADataset(IterableDataset):
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
-    """Right-pad input_ids (``pad_id``) and labels (IGNORE_INDEX); stack pixels (B, F, 3, S, S)."""
+    """Right-pad input_ids (``pad_id``) and labels (IGNORE_INDEX); stack pixels (B, F, 3, S, S). ``lengths``:
+    each sample's own token count (where its padding starts: a real token may share the pad id)."""
     if not batch:
         raise ValueError("empty batch")
     frames = {tuple(s["pixels"].shape) for s in batch}
@@ -376,7 +377,8 @@ def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
     for i, s in enumerate(batch):
         ids[i, : len(s["input_ids"])] = s["input_ids"]
         labels[i, : len(s["labels"])] = s["labels"]
-    out = {"pixels": torch.stack([s["pixels"] for s in batch]), "input_ids": ids, "labels": labels}
+    out = {"pixels": torch.stack([s["pixels"] for s in batch]), "input_ids": ids, "labels": labels,
+           "lengths": torch.tensor([len(s["input_ids"]) for s in batch], dtype=torch.long)}
     for key in ("id", "question", "answer", "category", "options"):
         out[key] = [s.get(key) for s in batch]
     if "_pos" in batch[0]:  # the data position, read (and removed) by AuroraDataModule.on_before_batch_transfer

@@ -227,10 +227,10 @@ class AuroraModule(L.LightningModule):
         tok, template = self._text()
         stop = [tok.encode(template.stop)] if template.stop else None
         prompts = []
-        for ids, labels in zip(batch["input_ids"], batch["labels"]):
-            answer_pos = (labels != IGNORE_INDEX).nonzero()
-            # the prompt ends where the answer starts; without an answer, where the right padding (0) starts
-            end = int(answer_pos[0]) if len(answer_pos) else int((ids != 0).sum())
+        for ids, labels, length in zip(batch["input_ids"], batch["labels"], _lengths(batch, tok)):
+            answer_pos = (labels[:length] != IGNORE_INDEX).nonzero()
+            # the prompt ends where the answer starts; without an answer, where the sample's own tokens end
+            end = int(answer_pos[0]) if len(answer_pos) else length
             prompts.append(ids[:end])
         unshard = getattr(self.model, "unshard", None)  # FSDP2: generation calls parts outside the root's forward
         if unshard is not None:
@@ -364,3 +364,18 @@ def read_stage(path: str | Path) -> dict[str, Any]:
     return blob
 
 
+def _lengths(batch: dict[str, Any], tokenizer: Any) -> list[int]:
+    """Each sample's own token count: the ``lengths`` :func:`~aurora.data.shards.collate` records, else its
+    ``attention_mask``, else the ids up to the run of padding (the tokenizer's ``pad_id``) at the right end. Never
+    "ids that are not 0": id 0 is a real token in many vocabularies, and the padding id may be another."""
+    ids = batch["input_ids"]
+    if batch.get("lengths") is not None:
+        return [int(n) for n in batch["lengths"]]
+    if batch.get("attention_mask") is not None:
+        return [int(m.sum()) for m in batch["attention_mask"]]
+    pad = int(getattr(tokenizer, "pad_id", 0))
+    out = []
+    for row in ids:
+        real = (row != pad).nonzero()
+        out.append(int(real[-1]) + 1 if len(real) else 0)
+    return out

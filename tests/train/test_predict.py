@@ -60,3 +60,49 @@ def test_a_recipes_template_with_colons_reaches_the_datamodule_as_text(tmp_path)
                           f"--data.template={yaml.safe_dump({'before': 'User: {question}'})}"], run=False)
     template = cli.config["data"]["template"]
     assert dict(template)["before"] == "User: {question}"
+
+
+def _word_tokenizer(folder: Path) -> Path:
+    """A word-level tokenizer.json whose id 0 is the word "User" (a real token of every prompt) and whose
+    padding is ``<pad>`` (id 7), as a converted model's own vocabulary may number them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["User", ":", "What", "colour", "?", "Assistant", "<eos>", "<pad>", "red", "shape", "is", "the", "<unk>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def test_the_prompt_ends_where_the_sample_ends_when_id_0_is_a_real_token(tmp_path):
+    from aurora.data.shards import collate
+    from aurora.data.tokenizers import build_tokenizer
+    from aurora.train.module import AuroraModule, _lengths
+    from aurora.types import IGNORE_INDEX
+
+    tok = build_tokenizer({"name": "tokenizer_json", "path": str(_word_tokenizer(tmp_path / "tok")),
+                           "eos_token": "<eos>", "pad_token": "<pad>"})
+    assert tok.encode("User")[0] == 0 and tok.pad_id == 7
+    template = PromptTemplate()
+    prompts = [template.build_prompt(tok, q) for q in ("What colour?", "What colour is the shape?")]
+    assert all(p.count(0) >= 2 for p in prompts)  # "User" before and after the video
+    # no answers (predict on unlabelled clips): the prompt is the whole sample, however many of its ids are 0
+    batch = collate([{"pixels": torch.zeros(2, 3, 32, 32), "input_ids": torch.tensor(p),
+                      "labels": torch.full((len(p),), IGNORE_INDEX)} for p in prompts], pad_id=tok.pad_id)
+    module = AuroraModule(**{**TINY_HPARAMS, "rnn": TINY_HPARAMS["rnn"] | {"n_layer": 1}}, max_new_tokens=1)
+    module._tokenizer, module._template = tok, template
+    seen: list[list[int]] = []
+
+    def generate_batch(pixels, ids, **kwargs):
+        seen.extend(i.tolist() for i in ids)
+        return [[8] for _ in ids]
+
+    module.model.generate_batch = generate_batch
+    assert module.predict_answers(batch) == ["red", "red"]
+    assert seen == prompts
+    # a batch without recorded lengths (built by hand): the right padding (the tokenizer's pad id) is cut
+    del batch["lengths"]
+    assert _lengths(batch, tok) == [len(p) for p in prompts]
+    assert _lengths({"input_ids": batch["input_ids"], "attention_mask": batch["input_ids"] != tok.pad_id},
+                    tok) == [len(p) for p in prompts]
