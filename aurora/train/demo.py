@@ -26,11 +26,13 @@ def demo_main(argv: list[str]) -> int:
     vision_overrides = [o for o in overrides if o.startswith("--vision.")]
     overrides = [o for o in overrides if not o.startswith("--vision.")]
     vision_stage: dict[str, Any] | None = None
+    run = _run_name(resolve(args.config), overrides)  # both stages' MLflow runs: <run>-demo-vision, <run>-demo-video
     if args.vision_config != "none":
         print(f"stage 1/2: the vision encoder on labelled frames ({args.vision_config})", flush=True)
         start = time.perf_counter()
         stage1 = VisionStageCLI(args=["fit", "--config", resolve(args.vision_config),
-                                      *("--" + o.removeprefix("--vision.") for o in vision_overrides)])
+                                      *("--" + o.removeprefix("--vision.") for o in vision_overrides)],
+                                stage="demo-vision", run_name=run)
         _warn_if_cut(stage1.trainer, "stage 1 (the vision encoder)")
         vision_stage = {
             "config": args.vision_config, "steps": stage1.trainer.global_step,
@@ -42,7 +44,7 @@ def demo_main(argv: list[str]) -> int:
         print("vision stage, held-out frames: " + ", ".join(f"{k} {v:.3f}" for k, v in vision_stage["val"].items()))
         print(f"stage 2/2: the whole model on the video QA set ({args.config})", flush=True)
     start = time.perf_counter()
-    cli = AuroraCLI(args=["--config", resolve(args.config), *overrides], run=False)
+    cli = AuroraCLI(args=["--config", resolve(args.config), *overrides], run=False, stage="demo-video", run_name=run)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     out = Path(args.out or trainer.default_root_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,27 @@ def demo_main(argv: list[str]) -> int:
     print(f"metrics written to {out / 'metrics.json'}")
     print(f"demo accuracy: {main['accuracy']:.3f} (chance: {main['chance']:.3f})")
     return 0
+
+
+def _run_name(recipe: str, overrides: list[str]) -> str | None:
+    """The video stage's run name (its ``trainer.default_root_dir``'s last folder: ``demo`` for runs/demo), from
+    ``--trainer.default_root_dir`` or the recipe; None when neither says (then each stage's own root names it)."""
+    import yaml
+
+    root = None
+    for i, o in enumerate(overrides):
+        if o.startswith("--trainer.default_root_dir="):
+            root = o.split("=", 1)[1]
+        elif o == "--trainer.default_root_dir" and i + 1 < len(overrides):
+            root = overrides[i + 1]
+    if root is None:
+        try:
+            recipe_data = yaml.safe_load(Path(recipe).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return None  # the CLI names the problem with the recipe when it parses it
+        trainer = recipe_data.get("trainer") if isinstance(recipe_data, dict) else None
+        root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+    return Path(str(root)).name if root else None
 
 
 def _warn_if_cut(trainer, stage: str) -> None:

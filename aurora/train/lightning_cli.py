@@ -360,7 +360,18 @@ class _Tracked:
     """What ``aurora`` adds to every trainer (mixed into both of our CLIs): a learning-rate monitor on a fit that has
     none, the progress bar with honest texts (:class:`~aurora.train.callbacks.AuroraProgressBar`) unless the recipe
     sets one or turns bars off, the run link written into checkpoints, and each MLflow run named and tagged for its
-    subcommand, linked to the training run of ``--ckpt_path`` (:func:`aurora.train.tracking.tag_runs`)."""
+    subcommand, linked to the training run of ``--ckpt_path`` (:func:`aurora.train.tracking.tag_runs`).
+
+    A CLI made with ``run=False`` has no subcommand: its caller names the stage (``stage=``, and ``run_name=`` for
+    the ``<run>`` part of the name), as ``aurora demo`` does for its two stages; without one its runs stay
+    untagged (``aurora ablate`` tags its cells itself)."""
+
+    _aurora_stage: str | None = None
+    _aurora_run: str | None = None
+
+    def _take_stage(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self._aurora_stage, self._aurora_run = kwargs.pop("stage", None), kwargs.pop("run_name", None)
+        return kwargs
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -376,8 +387,10 @@ class _Tracked:
             extra.append(AuroraProgressBar())
         trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
         sub = self.subcommand
-        if sub:  # run=False (aurora demo / ablate): the caller names its runs
-            tag_runs(trainer, sub, ckpt_path=(self.config.get(sub) or {}).get("ckpt_path"))
+        stage = self._aurora_stage or sub
+        if stage:
+            ckpt = (self.config.get(sub) or {}).get("ckpt_path") if sub else None
+            tag_runs(trainer, stage, ckpt_path=ckpt, run=self._aurora_run)
         return trainer
 
 
@@ -387,6 +400,7 @@ class AuroraCLI(_Tracked, SafeCheckpoints, _OwnArgv, LightningCLI):
     (:class:`SafeCheckpoints`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs = self._take_stage(kwargs)
         super().__init__(AuroraModule, AuroraDataModule, *args, **with_defaults(kwargs, "aurora"))
 
 
@@ -418,6 +432,7 @@ class VisionStageCLI(_Tracked, SafeCheckpoints, _OwnArgv, LightningCLI):
         from aurora.train.vision_stage import VisionStage
 
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs = self._take_stage(kwargs)
         super().__init__(VisionStage, L.LightningDataModule, *args, **with_defaults(kwargs, "aurora-vision"))
 
     def _add_subcommands(self, parser, **kwargs: Any) -> None:

@@ -100,22 +100,39 @@ def test_init_parts_errors_name_the_problem(tmp_path):
         AuroraModule(vision=VISION, merge=MERGE, rnn=RNN, init_from=str(tmp_path / "none.ckpt"), init_parts=["vision"])
 
 
-def test_aurora_demo_runs_both_stages(tmp_path):
+def test_aurora_demo_runs_both_stages(tmp_path, monkeypatch):
     """`aurora demo` end to end at toy sizes: the vision stage, the video stage from its encoder, the held-out
-    test with original / shuffled / reversed frames, metrics.json and the final line."""
+    test with original / shuffled / reversed frames, metrics.json and the final line; each stage's MLflow run is
+    named and tagged for its stage, as every other command's runs are (issue 17)."""
     tiny_video = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
-                  "--trainer.max_time=null", "--trainer.logger=false", "--data.batch_size=4", "--data.num_workers=0",
+                  "--trainer.max_time=null", "--trainer.default_root_dir=runs/tiny", "--data.batch_size=4",
+                  "--data.num_workers=0", "--data.data_dir=runs/tiny/data", "--model.init_from=runs/tiny/vision/checkpoints/last.ckpt",
                   "--data.synthetic.train=8", "--data.synthetic.val=4", "--data.synthetic.test=6"]
     tiny_vision = ["--vision.trainer.max_steps=2", "--vision.trainer.val_check_interval=2",
-                   "--vision.trainer.max_time=null", "--vision.trainer.logger=false",
+                   "--vision.trainer.max_time=null", "--vision.trainer.default_root_dir=runs/tiny/vision",
                    "--vision.data.init_args.batch_size=8", "--vision.data.init_args.val_clips=1",
                    "--vision.data.init_args.num_workers=0"]
-    r = subprocess.run([sys.executable, "-m", "aurora.cli", "demo", *tiny_vision, *tiny_video], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # MLflow's file store (allowed for tests by its variable): a fresh sqlite store spends ~9 s on its migrations
+    store = (tmp_path / "mlruns").as_uri()
+    tracking = [f"--trainer.logger.init_args.tracking_uri={store}", f"--vision.trainer.logger.init_args.tracking_uri={store}"]
+    r = subprocess.run([sys.executable, "-m", "aurora.cli", "demo", *tiny_vision, *tiny_video, *tracking], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_ALLOW_FILE_STORE="true"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "stage 1/2" in r.stdout and "stage 2/2" in r.stdout
-    metrics = json.loads((tmp_path / "runs/demo/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs/tiny/metrics.json").read_text())
     assert set(metrics["frame_order_ablation"]) == {"original", "shuffled", "reversed"}
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=store)
+    runs = {r.info.run_name: r.data for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    assert set(runs) == {"tiny-demo-vision", "tiny-demo-video"}
+    assert runs["tiny-demo-vision"].tags["aurora.stage"] == "demo-vision"
+    assert runs["tiny-demo-video"].tags["aurora.stage"] == "demo-video"
+    assert {r.tags["aurora.run"] for r in runs.values()} == {"tiny"}
+    assert "test/accuracy" in runs["tiny-demo-video"].metrics
     assert metrics["train_steps"] == 2 and metrics["vision_stage"]["steps"] == 2
     assert r.stdout.strip().splitlines()[-1] == f"demo accuracy: {metrics['accuracy']:.3f} (chance: {metrics['chance']:.3f})"
 
