@@ -26,7 +26,9 @@ resumed grid reuses it) holding results.md / .csv / .png as artifacts, and every
 
 Each cell writes ``<out>/cells/<cell>/config.yaml`` (the resolved recipe) and, when finished,
 ``result.json`` (atomically): a cell whose result exists is skipped, so an interrupted grid resumes where it
-stopped. ``<out>/results.csv``, ``results.md`` (a Markdown table) and ``results.png`` (per-category accuracy of
+stopped, but only while its resolved recipe (base, grid overrides, ``--override``'s, its settings) equals the
+one its result.json records (``recipe``); a cell whose settings changed is trained again, the log line naming the
+keys that differ (a result without a recorded recipe, from before, is trained again too). ``<out>/results.csv``, ``results.md`` (a Markdown table) and ``results.png`` (per-category accuracy of
 every cell) are rewritten from all finished cells at the end.
 """
 from __future__ import annotations
@@ -281,16 +283,23 @@ def run_grid(grid_path: str | Path, out: str | Path, log=print,
     for i, cell in enumerate(todo, 1):
         cell_dir = out / "cells" / cell["name"]
         result_path = cell_dir / RESULT
-        if result_path.is_file():
-            log(f"[ablate] {i}/{len(todo)} {cell['name']}: finished before, skipped")
-            rows.append(json.loads(result_path.read_text()))
-            continue
-        log(f"[ablate] {i}/{len(todo)} {cell['name']}: training")
         cfg = cell_config(grid, cell, cell_dir)
         cfg_path = cell_dir / "config.yaml"
+        if result_path.is_file():
+            changed = settings_diff(json.loads(result_path.read_text()).get("recipe"), cfg)
+            if not changed:
+                log(f"[ablate] {i}/{len(todo)} {cell['name']}: finished before, skipped")
+                rows.append(json.loads(result_path.read_text()))
+                continue
+            log(f"[ablate] {i}/{len(todo)} {cell['name']}: its settings changed since it finished "
+                f"({'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}): training it again")
+            result_path.unlink()  # the old result no longer describes the cell
+        else:
+            log(f"[ablate] {i}/{len(todo)} {cell['name']}: training")
         atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
         result = {"cell": cell["name"], "labels": cell["labels"], "settings": cell["settings"],
-                  **run_cell(cfg_path, log, grid.get("eval_leads"), parent and parent.link, cell["labels"])}
+                  **run_cell(cfg_path, log, grid.get("eval_leads"), parent and parent.link, cell["labels"]),
+                  "recipe": cfg}  # what a resumed grid compares (config.yaml is the CLI's fully resolved copy)
         write_json(result_path, result)
         rows.append(result)
     write_reports(grid, rows, out)
@@ -298,6 +307,23 @@ def run_grid(grid_path: str | Path, out: str | Path, log=print,
         parent.finish(out, rows)
         log(f"[ablate] MLflow: grid run {parent.run_id} in {parent.uri}, one nested run per cell")
     return rows
+
+
+def settings_diff(before: Any, now: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between the recipe a finished cell recorded
+    in its result.json (``recipe``: the base with the grid's overrides, ``--override``'s and the cell's settings)
+    and the one it would run with now."""
+    from aurora.train.tracking import flatten
+
+    if not isinstance(before, dict):
+        return ["no recipe recorded in its result.json"]
+    old, new = flatten(before), flatten(now)
+
+    def shown(d: dict[str, Any], k: str) -> str:
+        return repr(d[k]) if k in d else "(unset)"
+
+    return [f"{k.replace('/', '.')}: {shown(old, k)} -> {shown(new, k)}" for k in sorted(set(old) | set(new))
+            if k not in old or k not in new or old[k] != new[k]]
 
 
 # ------------------------------------------------------------------------------------------------ reports

@@ -74,11 +74,12 @@ def test_two_cell_grid_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     assert (out / "results.png").read_bytes()[:8] == PNG_MAGIC
     assert not list(out.rglob(".*.tmp"))
     capsys.readouterr()
-    # resumable: finished cells are skipped (their results kept, the reports rebuilt from them); a cell without
-    # a result (interrupted) would train again
+    # resumable: finished cells are skipped (their results kept, the reports rebuilt from them) while their
+    # settings, --override's included, are the same; a cell without a result (interrupted) would train again
     stamp = (out / "cells" / names[0] / "result.json").stat().st_mtime_ns
     (out / "results.md").unlink()
-    assert main(["ablate", "--grid", str(grid), "--out", str(out)]) == 0
+    assert main(["ablate", "--grid", str(grid), "--out", str(out), "--override", "trainer.max_steps=1",
+                 "--override", "trainer.val_check_interval=1"]) == 0
     err = capsys.readouterr().err
     assert f"1/2 {names[0]}: finished before, skipped" in err and f"2/2 {names[1]}: finished before, skipped" in err
     assert "training" not in err
@@ -148,3 +149,36 @@ def test_grid_cells_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ablate", "--grid", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)])
     assert "recipe not found" in capsys.readouterr().err
+
+
+def test_a_resumed_grid_trains_again_the_cells_whose_settings_changed(tmp_path, capsys, monkeypatch):
+    """A finished cell is reused only while its whole resolved recipe is the same: a changed --override (or grid
+    override) trains it again, and the log line names the key (issue 17: the old result was reused silently)."""
+    import aurora.tools.ablate as ablate
+
+    trained = []
+
+    def fake_run_cell(cfg_path, *args, **kwargs):  # the grid's bookkeeping only: no model is trained here
+        cfg = yaml.safe_load(cfg_path.read_text())
+        trained.append((cfg_path.parent.name, cfg["trainer"]["max_steps"]))
+        return {"train_steps": cfg["trainer"]["max_steps"], "accuracy": 0.5, "chance": 0.3, "val_loss": 1.0,
+                "val_token_acc": 0.4, "train_seconds": 0.0, "train_loss_last": 1.0, "encoder_tokens_per_frame": None,
+                "per_category": {"color": 0.5}}
+
+    monkeypatch.setattr(ablate, "run_cell", fake_run_cell)
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    base = ["ablate", "--grid", str(grid), "--out", str(out), "--override", "trainer.logger=false"]
+    names = ["order=original", "order=size_ascending"]
+    assert main([*base, "--override", "trainer.max_steps=1"]) == 0
+    assert trained == [(n, 1) for n in names]
+    assert main([*base, "--override", "trainer.max_steps=1"]) == 0  # the same settings: both reused
+    assert len(trained) == 2
+    capsys.readouterr()
+    assert main([*base, "--override", "trainer.max_steps=3"]) == 0  # changed: both trained again
+    assert trained[2:] == [(n, 3) for n in names]
+    err = capsys.readouterr().err
+    assert f"1/2 {names[0]}: its settings changed since it finished (trainer.max_steps: 1 -> 3): training it again" in err
+    results = [json.loads((out / "cells" / n / "result.json").read_text()) for n in names]
+    assert [r["train_steps"] for r in results] == [3, 3]
+    assert main([*base]) == 0  # the override dropped: the grid's own 2 steps differ from the results' 3
+    assert trained[4:] == [(n, 2) for n in names]
