@@ -108,25 +108,87 @@ def _help_key(words: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
-def _run_help(target: str, words: list[str], rest: list[str]) -> int:
-    """A command's ``--help``: from the cache when it is current, else run, stripped of reST, then cached."""
+# -- help snapshots: the Lightning commands' bare --help, committed (aurora/help/*.txt), so that even the first
+# `aurora fit --help` on a fresh machine needs no torch / lightning import. tests/core/test_help_snapshots.py
+# regenerates them and fails when one is stale (AURORA_WRITE_HELP=1 rewrites them).
+SNAPSHOT_DIR = Path(__file__).resolve().parent / "help"
+SNAPSHOT_COMMANDS = ("fit", "validate", "test", "predict", "pretrain-vision")
+SNAPSHOT_COLUMNS = 100  # the width they are rendered at (argparse reads COLUMNS)
+
+
+def snapshot_stamp() -> str:
+    """The first line of a snapshot: what its text depends on besides our own sources (the Python version's
+    argparse, the libraries that build the parser). A snapshot whose stamp differs is not used."""
+    from importlib import metadata
+
+    versions = []
+    for dist in ("lightning", "jsonargparse", "torch"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} absent")
+    return f"# aurora help snapshot: python {sys.version_info[0]}.{sys.version_info[1]}, {', '.join(versions)}"
+
+
+def _snapshot(words: list[str]) -> str | None:
+    """The committed help of ``aurora CMD --help`` (nothing else on the line), when its stamp is current."""
+    if len(words) != 2 or words[0] not in SNAPSHOT_COMMANDS or words[1] not in ("-h", "--help"):
+        return None
+    path = SNAPSHOT_DIR / f"{words[0]}.txt"
+    try:
+        stamp, _, text = path.read_text().partition("\n")
+    except OSError:
+        return None
+    return text if stamp == snapshot_stamp() and text else None
+
+
+def render_help(target: str, rest: list[str]) -> tuple[int, str]:
+    """Run a command's ``--help`` and return (exit code, its text stripped of reST)."""
     from aurora.registry import plain
 
-    use_cache = os.environ.get("AURORA_HELP_CACHE", "1") != "0"
-    cache = Path(os.environ.get("AURORA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                 / "aurora") / "help" / f"{_help_key(words)}.txt"
-    if use_cache and cache.is_file():
-        print(cache.read_text(), end="")
-        return 0
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
             code = _entry(target)(rest)
         except SystemExit as e:
             code = e.code
-    text = plain(out.getvalue())
+    return (code if isinstance(code, int) else (0 if code is None else 2)), plain(out.getvalue())
+
+
+def render_snapshot(command: str) -> str:
+    """A snapshot's contents (stamp line + text) for ``aurora COMMAND --help``, rendered now at a fixed width."""
+    cmd = COMMANDS[command]
+    assert isinstance(cmd, Command)
+    rest = [command, "--help"] if command in _KEEP_NAME else ["--help"]
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(SNAPSHOT_COLUMNS)
+    try:
+        code, text = render_help(cmd.target, rest)
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+    if code != 0:
+        raise RuntimeError(f"aurora {command} --help exited {code}")
+    return f"{snapshot_stamp()}\n{text}"
+
+
+def _run_help(target: str, words: list[str], rest: list[str]) -> int:
+    """A command's ``--help``: from its committed snapshot or the cache when current, else run, stripped of
+    reST, then cached."""
+    use_cache = os.environ.get("AURORA_HELP_CACHE", "1") != "0"
+    snap = _snapshot(words) if use_cache else None
+    if snap is not None:
+        print(snap, end="")
+        return 0
+    cache = Path(os.environ.get("AURORA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "aurora") / "help" / f"{_help_key(words)}.txt"
+    if use_cache and cache.is_file():
+        print(cache.read_text(), end="")
+        return 0
+    code, text = render_help(target, rest)
     print(text, end="")
-    code = code if isinstance(code, int) else (0 if code is None else 2)
     if use_cache and code == 0 and text:
         with contextlib.suppress(OSError):
             cache.parent.mkdir(parents=True, exist_ok=True)

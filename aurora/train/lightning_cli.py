@@ -407,6 +407,7 @@ class AuroraCLI(_Tracked, SafeCheckpoints, _OwnArgv, LightningCLI):
 def with_defaults(kwargs: dict[str, Any], experiment: str) -> dict[str, Any]:
     """Our LightningCLI defaults: the recipe saved as config.yaml (a re-run may overwrite it), MLflow in the local
     sqlite store under ``experiment``, checkpoints written atomically (tmp + rename)."""
+    kwargs.setdefault("parser_kwargs", {"prog": "aurora"})  # not sys.argv[0] (cli.py, __main__.py under pytest)
     kwargs.setdefault("save_config_callback", RunConfig)
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     kwargs.setdefault(

@@ -1,0 +1,46 @@
+"""The Lightning commands' bare ``--help`` comes from committed snapshots (aurora/help/*.txt), so even the first
+`aurora fit --help` on a fresh machine imports neither torch nor lightning (issue 17: it took 9-15 s). This test
+renders each one now and fails when the committed text is stale; ``AURORA_WRITE_HELP=1`` rewrites them."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aurora import cli
+
+
+@pytest.mark.parametrize("command", cli.SNAPSHOT_COMMANDS)
+def test_the_committed_help_snapshot_is_current(command):
+    path = cli.SNAPSHOT_DIR / f"{command}.txt"
+    now = cli.render_snapshot(command)
+    if os.environ.get("AURORA_WRITE_HELP") == "1":
+        path.write_text(now)
+    assert path.is_file(), f"{path} is missing: AURORA_WRITE_HELP=1 pytest {__file__} writes it"
+    assert path.read_text() == now, (f"{path} is stale (the parser's help changed): rewrite it with "
+                                     f"AURORA_WRITE_HELP=1 pytest {__file__}")
+    usage = now.splitlines()[1]
+    assert usage.startswith("usage: aurora ") and f" {command} " in usage
+
+
+def test_a_fresh_machine_prints_the_snapshot_without_importing_torch(tmp_path):
+    code = ("import sys; from aurora import cli; rc = cli.main(['fit', '--help']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr); sys.exit(rc)")
+    env = dict(os.environ, AURORA_CACHE=str(tmp_path / "fresh"))  # an empty help cache
+    env.pop("AURORA_HELP_CACHE", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "NO TORCH"
+    assert r.stdout == (cli.SNAPSHOT_DIR / "fit.txt").read_text().partition("\n")[2]
+    assert not (tmp_path / "fresh").exists()  # nothing to cache: the snapshot served it
+
+
+def test_a_snapshot_of_other_library_versions_is_not_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "SNAPSHOT_DIR", tmp_path)
+    (tmp_path / "fit.txt").write_text("# aurora help snapshot: python 2.7, lightning 0.1\nstale text\n")
+    assert cli._snapshot(["fit", "--help"]) is None
+    (tmp_path / "fit.txt").write_text(f"{cli.snapshot_stamp()}\ncurrent text\n")
+    assert cli._snapshot(["fit", "--help"]) == "current text\n"
+    assert cli._snapshot(["fit", "--config", "demo", "--help"]) is None  # a recipe's help is rendered (and cached)
