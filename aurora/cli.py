@@ -9,8 +9,9 @@ Help: every ``--help`` goes through here, is printed as plain text (reST markup 
 stripped from the docstrings it is built from) and is cached under ``~/.cache/aurora/help`` (``AURORA_CACHE``),
 keyed by the command line, the files it names, the package's source files and the versions of the libraries
 that build it: the Lightning commands' help needs the model classes, whose import (torch + lightning) takes
-10-20 s, so the first ``aurora fit --help`` is slow and later ones are instant. ``AURORA_HELP_CACHE=0`` turns
-the cache off.
+10-20 s. Every bare ``aurora CMD --help`` is printed from a committed snapshot (``aurora/help/``, see
+:func:`render_snapshot`), so even the first one is instant; a help with more on the line (``--config X``) is
+rendered once and cached. ``AURORA_HELP_CACHE=0`` turns both off (every help rendered live).
 
 Flag style: the commands LightningCLI runs (``fit``, ``validate``, ``test``, ``predict``, ``pretrain-vision``)
 take Lightning's dotted underscore flags (``--trainer.max_steps``, ``--ckpt_path``); every other command takes
