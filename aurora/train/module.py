@@ -31,7 +31,11 @@ class AuroraModule(L.LightningModule):
     ``rnn: {name: rwkv6, d_model: 2048, n_layer: 24}``; see ``recipes/``.
 
     Args:
-        vision, merge, projector, rnn: registry specs (``name`` + that part's arguments).
+        vision: the vision encoder, a registry spec (``name`` + that part's arguments); ``aurora parts vision``
+            lists every registered encoder with its arguments, defaults and docstring.
+        rnn: the language model, a registry spec; ``aurora parts rnn`` lists the backbones and their arguments.
+        merge: the token merge (a spec or a name; null: no merging); ``aurora parts merge`` lists them.
+        projector: the vision-to-language projector (a spec or a name); ``aurora parts projector`` lists them.
         freeze: parts whose weights stay fixed (any of ``vision``, ``projector``, ``rnn``).
         lr: peak learning rate; ``lr_mult`` scales it per part, e.g. ``{vision: 0.1}``.
         warmup_ratio: fraction of the total steps spent in linear warm-up, then cosine decay to

@@ -44,3 +44,10 @@ def test_a_snapshot_of_other_library_versions_is_not_used(monkeypatch, tmp_path)
     (tmp_path / "fit.txt").write_text(f"{cli.snapshot_stamp()}\ncurrent text\n")
     assert cli._snapshot(["fit", "--help"]) == "current text\n"
     assert cli._snapshot(["fit", "--config", "demo", "--help"]) is None  # a recipe's help is rendered (and cached)
+
+
+def test_fit_help_says_where_the_parts_and_their_arguments_are_listed():
+    text = (cli.SNAPSHOT_DIR / "fit.txt").read_text()  # current: test_the_committed_help_snapshot_is_current
+    for kind in ("vision", "rnn", "merge", "projector"):
+        block = text.split(f"  --model.{kind} ", 1)[1].split("\n  --", 1)[0]
+        assert f"aurora parts {kind}" in " ".join(block.split()), block
