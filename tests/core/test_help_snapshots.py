@@ -49,5 +49,5 @@ def test_a_snapshot_of_other_library_versions_is_not_used(monkeypatch, tmp_path)
 def test_fit_help_says_where_the_parts_and_their_arguments_are_listed():
     text = (cli.SNAPSHOT_DIR / "fit.txt").read_text()  # current: test_the_committed_help_snapshot_is_current
     for kind in ("vision", "rnn", "merge", "projector"):
-        block = text.split(f"  --model.{kind} ", 1)[1].split("\n  --", 1)[0]
+        block = text.split(f"\n  --model.{kind} ", 1)[1].split("\n  --", 1)[0]
         assert f"aurora parts {kind}" in " ".join(block.split()), block
