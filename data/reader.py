@@ -678,30 +678,42 @@ def backend_unavailable(name: str) -> str | None:
     try:
         importlib.import_module(module)
     except Exception as e:  # not installed, or its FFmpeg libraries / torch build do not match
-        return f"{name} not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
-               f"pip install 'aurora-long[peers]'" + (" and apt-get install ffmpeg" if name == "torchcodec" else "")
+        how = ("pip install 'aurora-long[torchcodec]' (CUDA torch) and apt-get install ffmpeg, or build torchcodec "
+               "from source for a CPU torch (docs/data.md)") if name == "torchcodec" else "pip install 'aurora-long[peers]'"
+        return f"{name} not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {how}"
     return None
 
 
 def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
-              short_side: int | None = None) -> Tensor:
+              short_side: int | None = None, indices: Sequence[int] | None = None) -> Tensor:
     """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
     ``aurora`` (:class:`FrameReader`), ``aurora-plain`` (the same without skipping non-reference packets, to
     measure what that saves), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
     work, every frame decoded and converted to RGB, keeping only the sampled ones: its time without its memory,
     for videos whose full decode would not fit), or the peers ``decord2`` /
-    ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them)."""
+    ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them).
+
+    ``indices`` (ascending frame indices, e.g. :meth:`FrameReader.indices`) replaces the sampling rule, so that
+    every backend reads the same frames. Without it the backends other than ``aurora`` sample by their own
+    frame count and average rate (frame ``i`` at ``i / average_fps``): the same frames for uniform
+    ``num_frames`` on any video, but for ``fps`` only where the frame rate is constant and the first frame is
+    at time 0 (ours samples by each frame's presentation timestamp)."""
     reason = backend_unavailable(backend)
     if reason:
         raise RuntimeError(reason)
+
+    def choose(total: int, fps_avg: float) -> list[int]:
+        if indices is not None:
+            return [int(i) for i in indices]
+        return choose_indices(np.arange(total) / (fps_avg or 1.0), 0.0, num_frames, fps)
+
     if backend in ("aurora", "aurora-plain"):
         with FrameReader(source, short_side=short_side, skip_disposable=backend == "aurora") as r:
-            return r.read(r.indices(num_frames, fps))
+            return r.read(list(indices) if indices is not None else r.indices(num_frames, fps))
     if backend == "full-stream":
-        fps_avg = probe_fps(source) or 1.0
         with FrameReader(source) as r:  # only for the frame count; the decode below is front to back
             total = len(r)
-        idx = choose_indices(np.arange(total) / fps_avg, 0.0, num_frames, fps)
+        idx = choose(total, probe_fps(source))
         where: dict[int, list[int]] = {}
         for pos, i in enumerate(idx):
             where.setdefault(i, []).append(pos)
@@ -721,9 +733,7 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
         return torch.from_numpy(out)
     if backend == "full":
         frames = full_decode(source)
-        times = np.arange(len(frames)) / (probe_fps(source) or 1.0)
-        idx = choose_indices(times, 0.0, num_frames, fps)
-        return frames[idx]
+        return frames[choose(len(frames), probe_fps(source))]
     if backend == "decord2":
         import decord
 
@@ -731,16 +741,12 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
         h, w = probe[0].shape[:2] if len(probe) else (0, 0)
         sh, sw = scaled_size(h, w, short_side)
         vr = probe if (sh, sw) == (h, w) else decord.VideoReader(str(source), width=sw, height=sh, num_threads=0)
-        times = np.arange(len(vr)) / (vr.get_avg_fps() or 1.0)
-        idx = choose_indices(times, 0.0, num_frames, fps)
-        return torch.from_numpy(vr.get_batch(idx).asnumpy())
+        return torch.from_numpy(vr.get_batch(choose(len(vr), vr.get_avg_fps())).asnumpy())
     from torchcodec.decoders import VideoDecoder
 
     dec = VideoDecoder(str(source), seek_mode="exact", dimension_order="NHWC")
     meta = dec.metadata
-    times = np.arange(meta.num_frames) / (meta.average_fps or 1.0)
-    idx = choose_indices(times, 0.0, num_frames, fps)
-    frames = dec.get_frames_at(indices=idx).data
+    frames = dec.get_frames_at(indices=choose(meta.num_frames, meta.average_fps)).data
     if short_side is not None and min(frames.shape[1:3]) > short_side:
         sh, sw = scaled_size(frames.shape[1], frames.shape[2], short_side)
         frames = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(sh, sw),

@@ -116,14 +116,28 @@ def _worker(spec: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     sampling = spec["sampling"]
     kwargs = {"fps": 1.0} if sampling == "1fps" else {"num_frames": int(sampling)}
-    frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"), **kwargs)
+    ours = spec["backend"] in ("aurora", "aurora-plain")
+    # the peers and the full decodes read the frames our reader chose (by presentation timestamp), so every
+    # point reads the same frames; ours chooses its own (its index is part of its cost) and must agree
+    frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"),
+                       indices=None if ours else spec.get("indices"), **kwargs)
     seconds = time.perf_counter() - t0
+    if ours and spec.get("indices") is not None and int(frames.shape[0]) != len(spec["indices"]):
+        raise RuntimeError(f"read {frames.shape[0]} frames, the sampling chose {len(spec['indices'])}")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = ru_maxrss_bytes()
     print(TAG + json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
                             "peak_rss": peak, "rss_before": before,
                             "peak_growth": max(0, peak - before), "frames": int(frames.shape[0]),
                             "shape": list(frames.shape[1:])}), flush=True)
+
+
+def sampled_indices(video: Path, sampling: str) -> list[int]:
+    """The frames a sampling reads from ``video``, as our reader chooses them (every backend reads these)."""
+    from aurora.data.reader import FrameReader
+
+    with FrameReader(video) as r:
+        return r.indices(fps=1.0) if sampling == "1fps" else r.indices(num_frames=int(sampling))
 
 
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
@@ -144,6 +158,7 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
             frames = int(minutes * 60 * FPS)
             width = height * 16 // 9 // 2 * 2
             for sampling in args.samplings:
+                indices = sampled_indices(video, sampling)
                 for backend in args.backends:
                     if backend == "full-stream" and sampling not in args.full_stream_samplings:
                         continue  # its cost is every frame's, whatever the sampling: measured where asked
@@ -155,7 +170,7 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
                         reason = f"would hold {held / 2**30:.1f} GiB of RGB frames (over --full-limit {args.full_limit:g} GiB)"
                     if reason is None:
                         spec = {"video": str(video), "sampling": sampling, "backend": backend,
-                                "short_side": args.short_side}
+                                "short_side": args.short_side, "indices": indices}
                         runs = []
                         for _ in range(args.repeat):  # each run in its own fresh process
                             result, reason = _run_point(spec, args.max_seconds)

@@ -105,3 +105,18 @@ def test_index_is_cached_per_path_size_and_mtime(tmp_path, monkeypatch):
     assert calls == [1]
     with pytest.raises(reader_mod.VideoTooLarge):  # a cached index still meets each reader's limits
         FrameReader(path, max_frames=10)
+
+
+def test_read_with_indices_makes_every_backend_read_our_frames(tmp_path):
+    from aurora.data.reader import backend_unavailable, read_with
+
+    path = _write(tmp_path / "vfr.mp4", make_video(n=50, gop=12, vfr=True, start=500))
+    with FrameReader(path) as r:
+        idx = r.indices(fps=4.0)  # by presentation timestamp: a variable frame rate is sampled by time
+    ours = read_with("aurora", path, fps=4.0)
+    assert ours.shape[0] == len(idx)
+    backends = ["full", "full-stream"] + [b for b in ("decord2", "torchcodec") if backend_unavailable(b) is None]
+    for backend in backends:
+        assert torch.equal(read_with(backend, path, indices=idx), ours), backend
+    # without them, the rule applied to the average rate's times chooses other frames on this video
+    assert not torch.equal(read_with("full", path, fps=4.0)[: len(idx)], ours)
