@@ -662,12 +662,12 @@ def full_decode(source: VideoSource, num_frames: int | None = None) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ peers
-BACKENDS = ("aurora", "aurora-plain", "full", "full-stream", "decord2", "torchcodec")
+BACKENDS = ("aurora", "aurora-plain", "aurora-demux", "full", "full-stream", "decord2", "torchcodec")
 
 
 def backend_unavailable(name: str) -> str | None:
-    """Why ``name`` cannot run here (None: it can). ``aurora``, ``aurora-plain``, ``full`` and ``full-stream``
-    (this module) always can."""
+    """Why ``name`` cannot run here (None: it can). ``aurora``, ``aurora-plain``, ``aurora-demux``, ``full`` and
+    ``full-stream`` (this module) always can."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}; known: {', '.join(BACKENDS)}"
     module = {"decord2": "decord", "torchcodec": "torchcodec.decoders"}.get(name)
@@ -688,7 +688,7 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
               short_side: int | None = None, indices: Sequence[int] | None = None) -> Tensor:
     """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
     ``aurora`` (:class:`FrameReader`), ``aurora-plain`` (the same without skipping non-reference packets, to
-    measure what that saves), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
+    measure what that saves), ``aurora-demux`` (the same indexed by demux, never from the header), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
     work, every frame decoded and converted to RGB, keeping only the sampled ones: its time without its memory,
     for videos whose full decode would not fit), or the peers ``decord2`` /
     ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them).
@@ -707,8 +707,9 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
             return [int(i) for i in indices]
         return choose_indices(np.arange(total) / (fps_avg or 1.0), 0.0, num_frames, fps)
 
-    if backend in ("aurora", "aurora-plain"):
-        with FrameReader(source, short_side=short_side, skip_disposable=backend == "aurora") as r:
+    if backend in ("aurora", "aurora-plain", "aurora-demux"):
+        with FrameReader(source, short_side=short_side, skip_disposable=backend != "aurora-plain",
+                         index="demux" if backend == "aurora-demux" else "auto") as r:
             return r.read(list(indices) if indices is not None else r.indices(num_frames, fps))
     if backend == "full-stream":
         with FrameReader(source) as r:  # only for the frame count; the decode below is front to back

@@ -122,7 +122,7 @@ def _worker(spec: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     sampling = spec["sampling"]
     kwargs = {"fps": 1.0} if sampling == "1fps" else {"num_frames": int(sampling)}
-    ours = spec["backend"] in ("aurora", "aurora-plain")
+    ours = spec["backend"] in ("aurora", "aurora-plain", "aurora-demux")
     # the peers and the full decodes read the frames our reader chose (by presentation timestamp), so every
     # point reads the same frames; ours chooses its own (its index is part of its cost) and must agree
     frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"),

@@ -115,7 +115,7 @@ def test_read_with_indices_makes_every_backend_read_our_frames(tmp_path):
         idx = r.indices(fps=4.0)  # by presentation timestamp: a variable frame rate is sampled by time
     ours = read_with("aurora", path, fps=4.0)
     assert ours.shape[0] == len(idx)
-    backends = ["full", "full-stream"] + [b for b in ("decord2", "torchcodec") if backend_unavailable(b) is None]
+    backends = ["aurora-demux", "full", "full-stream"] + [b for b in ("decord2", "torchcodec") if backend_unavailable(b) is None]
     for backend in backends:
         assert torch.equal(read_with(backend, path, indices=idx), ours), backend
     # without them, the rule applied to the average rate's times chooses other frames on this video
