@@ -685,7 +685,8 @@ def backend_unavailable(name: str) -> str | None:
 
 
 def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
-              short_side: int | None = None, indices: Sequence[int] | None = None) -> Tensor:
+              short_side: int | None = None, indices: Sequence[int] | None = None,
+              stats: dict[str, Any] | None = None) -> Tensor:
     """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
     ``aurora`` (:class:`FrameReader`), ``aurora-plain`` (the same without skipping non-reference packets, to
     measure what that saves), ``aurora-demux`` (the same indexed by demux, never from the header), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
@@ -697,7 +698,8 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
     every backend reads the same frames. Without it the backends other than ``aurora`` sample by their own
     frame count and average rate (frame ``i`` at ``i / average_fps``): the same frames for uniform
     ``num_frames`` on any video, but for ``fps`` only where the frame rate is constant and the first frame is
-    at time 0 (ours samples by each frame's presentation timestamp)."""
+    at time 0 (ours samples by each frame's presentation timestamp). ``stats``, when given, receives what our
+    reader's read cost (frames decoded, packets skipped, seeks, the index's source)."""
     reason = backend_unavailable(backend)
     if reason:
         raise RuntimeError(reason)
@@ -710,7 +712,10 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
     if backend in ("aurora", "aurora-plain", "aurora-demux"):
         with FrameReader(source, short_side=short_side, skip_disposable=backend != "aurora-plain",
                          index="demux" if backend == "aurora-demux" else "auto") as r:
-            return r.read(list(indices) if indices is not None else r.indices(num_frames, fps))
+            out = r.read(list(indices) if indices is not None else r.indices(num_frames, fps))
+            if stats is not None:
+                stats.update(decoded=r.decoded, skipped=r.skipped, seeks=r.seeks, index_source=r.index_source)
+            return out
     if backend == "full-stream":
         with FrameReader(source) as r:  # only for the frame count; the decode below is front to back
             total = len(r)

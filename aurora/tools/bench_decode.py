@@ -125,8 +125,9 @@ def _worker(spec: dict[str, Any]) -> None:
     ours = spec["backend"] in ("aurora", "aurora-plain", "aurora-demux")
     # the peers and the full decodes read the frames our reader chose (by presentation timestamp), so every
     # point reads the same frames; ours chooses its own (its index is part of its cost) and must agree
+    stats: dict[str, Any] = {}
     frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"),
-                       indices=None if ours else spec.get("indices"), **kwargs)
+                       indices=None if ours else spec.get("indices"), stats=stats, **kwargs)
     seconds = time.perf_counter() - t0
     if ours and spec.get("indices") is not None and int(frames.shape[0]) != len(spec["indices"]):
         raise RuntimeError(f"read {frames.shape[0]} frames, the sampling chose {len(spec['indices'])}")
@@ -135,7 +136,7 @@ def _worker(spec: dict[str, Any]) -> None:
     print(TAG + json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
                             "peak_rss": peak, "rss_before": before,
                             "peak_growth": max(0, peak - before), "frames": int(frames.shape[0]),
-                            "shape": list(frames.shape[1:])}), flush=True)
+                            "shape": list(frames.shape[1:]), **stats}), flush=True)
 
 
 def sampled_indices(video: Path, sampling: str) -> list[int]:

@@ -17,6 +17,7 @@ def test_bench_decode_tiny_grid(tmp_path, capsys):
     assert done[("4", "aurora")]["frames"] == 4 and done[("4", "full")]["frames"] == 4
     assert done[("1fps", "aurora")]["frames"] == 1  # 36 frames at 30 fps: 1.2 s
     assert done[("4", "aurora")]["shape"] == [72, 128, 3] and done[("4", "aurora")]["peak_rss"] > 0
+    assert done[("4", "aurora")]["index_source"] == "header" and 4 <= done[("4", "aurora")]["decoded"] <= 36
     assert all("unknown backend" in r["skipped"] for r in records if r["backend"] == "nope")
     assert (tmp_path / "d.png").stat().st_size > 0
 
