@@ -79,6 +79,10 @@ class _Index:
     time_base: float
     source: str
 
+    def __post_init__(self) -> None:  # shared by every reader of the video (the cache): never written
+        for array in (self.pts, self.key_index, self.key_seek):
+            array.flags.writeable = False
+
 
 _INDEX_CACHE: "OrderedDict[tuple, _Index]" = OrderedDict()
 _INDEX_LOCK = threading.Lock()
