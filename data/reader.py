@@ -1,10 +1,16 @@
 """The frame reader every path uses (training, ``aurora ask``, ``aurora eval``, ``aurora viz merge``, ``aurora data
 convert``): reading a video costs the frames we keep, not the video's length.
 
-How: the file is demuxed once without decoding (packets only) to learn every frame's presentation timestamp and
-which packets are keyframes. Frame ``i`` is the ``i``-th smallest timestamp: exactly the ``i``-th frame a full
-front-to-back decode gives, B-frames, variable frame rates, start offsets and edit lists included (packets an
-edit list discards are left out, as the decoder drops their frames). For each run of wanted frames the reader
+How: the reader needs every frame's presentation timestamp and which frames are keyframes. Frame ``i`` is the
+``i``-th smallest timestamp: exactly the ``i``-th frame a full front-to-back decode gives, B-frames, variable
+frame rates, start offsets and edit lists included (packets an edit list discards are left out, as the decoder
+drops their frames). Where an mp4 / mov header determines them exactly (a constant frame rate: every decode step
+equal, no frame an edit list discards, every sample inside the file, closed GOPs) they come from the header's
+sample table, which FFmpeg reads at open: the decode grid shifted by the reorder delay, checked against the
+packets of the first and the last GOP, and again at every keyframe sought and every frame decoded. Anywhere else
+(variable frame rate, matroska, a truncated file, a header the packets contradict) the file is demuxed once
+without decoding (packets only). One index per video is kept in memory (by path, size, mtime and inode), so a
+second reader of the same file costs no indexing. For each run of wanted frames the reader
 seeks to the keyframe at or before the first one and decodes forward, so wanted frames in one GOP cost one pass
 and the GOPs between them are never decoded. Frames are recognised by their timestamp, so an imprecise seek in
 some container can cost time, never a wrong frame.
@@ -25,6 +31,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
@@ -41,6 +49,10 @@ VideoSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 # defaults of the training reader's limits: DCI 4K frames, and 500,000 frames (2.3 hours at 60 fps)
 DEFAULT_MAX_PIXELS = 4096 * 2160
 DEFAULT_MAX_FRAMES = 500_000
+# FFmpeg's AVIndexEntry flags
+_AVINDEX_KEYFRAME, _AVINDEX_DISCARD = 1, 2
+# the header index is trusted only when its first and last GOP can be checked against the packets cheaply
+_MAX_CHECKED_GOP = 4096
 
 
 class VideoDecodeError(ValueError):
@@ -49,6 +61,68 @@ class VideoDecodeError(ValueError):
 
 class VideoTooLarge(VideoDecodeError):
     """A video over the reader's limits (``max_pixels`` per frame, ``max_frames`` considered)."""
+
+
+class _HeaderMismatch(Exception):
+    """The packets disagree with the index taken from the container's header (raised inside the reader only)."""
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Where a video's frames are: presentation timestamps (ascending; frame ``i`` is ``pts[i]``), the frame index
+    each keyframe starts and the timestamp to seek to for it, and where the index came from (``header``: the
+    container's sample table, checked; ``demux``: every packet read)."""
+
+    pts: np.ndarray
+    key_index: np.ndarray
+    key_seek: np.ndarray
+    time_base: float
+    source: str
+
+    def __post_init__(self) -> None:  # shared by every reader of the video (the cache): never written
+        for array in (self.pts, self.key_index, self.key_seek):
+            array.flags.writeable = False
+
+
+_INDEX_CACHE: "OrderedDict[tuple, _Index]" = OrderedDict()
+_INDEX_LOCK = threading.Lock()
+INDEX_CACHE_SIZE = 64  # videos whose index is kept in memory (keyed by path, size and mtime)
+
+
+def _cache_key(source: "VideoSource") -> tuple | None:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return None
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return (os.path.realpath(source), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _cache_put(key: tuple | None, index: _Index) -> None:
+    if key is None:
+        return
+    with _INDEX_LOCK:
+        _INDEX_CACHE[key] = index
+        _INDEX_CACHE.move_to_end(key)
+        while len(_INDEX_CACHE) > INDEX_CACHE_SIZE:
+            _INDEX_CACHE.popitem(last=False)
+
+
+def _cache_get(key: tuple | None) -> _Index | None:
+    if key is None:
+        return None
+    with _INDEX_LOCK:
+        index = _INDEX_CACHE.get(key)
+        if index is not None:
+            _INDEX_CACHE.move_to_end(key)
+        return index
+
+
+def clear_index_cache() -> None:
+    """Forget every cached index (the next open of each video builds its index again)."""
+    with _INDEX_LOCK:
+        _INDEX_CACHE.clear()
 
 
 @dataclass
@@ -137,11 +211,17 @@ class FrameReader:
 
     def __init__(self, source: VideoSource, short_side: int | None = None, threads: int = 0,
                  max_pixels: int | None = None, max_frames: int | None = None, rotate: bool = True,
-                 skip_disposable: bool = True) -> None:
+                 skip_disposable: bool = True, index: str = "auto") -> None:
         if short_side is not None and short_side < 1:
             raise ValueError(f"short_side must be >= 1, got {short_side}")
+        if index not in ("auto", "demux"):
+            raise ValueError(f"index must be 'auto' or 'demux', got {index!r}")
         self.short_side, self.rotate = short_side, rotate
         self.max_pixels, self.max_frames = max_pixels, max_frames
+        self._cache_key = _cache_key(source)
+        self._moved = False  # whether packets were read since the container was opened
+        self._size = len(source) if isinstance(source, (bytes, bytearray, memoryview)) else (
+            self._cache_key[1] if self._cache_key else None)
         self._container = _open(source)
         try:
             self._stream = stream = self._container.streams.video[0]
@@ -149,12 +229,20 @@ class FrameReader:
             stream.codec_context.thread_count = threads
             width, height = stream.codec_context.width, stream.codec_context.height
             self._check_pixels(width, height, "header")
-            self._index(stream)
+            cached = _cache_get(self._cache_key)
+            if cached is not None and (index == "auto" or cached.source == "demux"):
+                self._check_count(len(cached.pts))
+                built = cached
+            else:
+                built = (self._index_from_header(stream) if index == "auto" else None) or self._index_by_demux(stream)
+                _cache_put(self._cache_key, built)
+            self._set_index(built)
             self.info = self._make_info(stream, width, height, 0)
         except BaseException:
             self._container.close()
             raise
         self._frames: Iterator[Any] | None = None  # the decoder's output from the current position
+        self._key = 0
         self._last = -1  # index of the last frame taken from ``_frames``
         self._want_pts: int | None = None  # the frame being decoded towards: packets before it may be skipped
         self._reformatter = VideoReformatter()
@@ -163,12 +251,94 @@ class FrameReader:
         self.decoded = self.seeks = self.skipped = 0
 
     # -- the index -----------------------------------------------------------------------------------------
+    @property
+    def index_source(self) -> str:
+        """Where this reader's frame index came from: ``header`` (the container's sample table, checked
+        against the packets of its first and last GOP and of every GOP decoded) or ``demux`` (every packet)."""
+        return self._index.source
+
     def _check_pixels(self, width: int, height: int, where: str) -> None:
         if self.max_pixels is not None and width * height > self.max_pixels:
             raise VideoTooLarge(f"frames of {width}x{height} ({where}) exceed max_pixels {self.max_pixels}")
 
-    def _index(self, stream) -> None:
+    def _check_count(self, n: int) -> None:
+        if self.max_frames is not None and n > self.max_frames:
+            raise VideoTooLarge(f"video has more than max_frames {self.max_frames} frames")
+
+    def _set_index(self, index: _Index) -> None:
+        self._index = index
+        self._pts, self._key_index, self._key_seek = index.pts, index.key_index, index.key_seek
+        self._time_base = index.time_base
+
+    def _index_from_header(self, stream) -> _Index | None:
+        """The index without reading the file: an mp4 / mov header holds every sample's decode timestamp and
+        keyframe flag (FFmpeg's index entries, read at open). Used only where it determines the presentation
+        timestamps exactly: a constant frame rate (every decode step equal), no frame an edit list discards,
+        every sample inside the file, keyframes starting closed GOPs; the presentation timestamps are then the
+        decode grid shifted by the reorder delay, which the packets of the first and the last GOP must show
+        exactly (and every GOP decoded later is checked again, see ``_HeaderMismatch``). None: demux instead."""
+        if not {"mov", "mp4"} & set(self._container.format.name.split(",")):
+            return None  # matroska, webm, avi...: their index holds keyframes (cues) only
+        entries = stream.index_entries
+        n = len(entries)
+        if n < 2 or (stream.frames and stream.frames != n):
+            return None
+        rows = np.array([(e.timestamp, e.flags, e.pos, e.size) for e in entries], dtype=np.int64)
+        dts, flags, pos, sizes = rows.T
+        step = int(dts[1] - dts[0])
+        if step <= 0 or (flags & _AVINDEX_DISCARD).any() or (np.diff(dts) != step).any():
+            return None  # variable frame rate, or an edit list drops frames
+        if self._size is not None and int((pos + sizes).max()) > self._size:
+            return None  # a truncated file: the header promises samples that are not there
+        keys = np.flatnonzero(flags & _AVINDEX_KEYFRAME)
+        if not len(keys) or keys[0] != 0:
+            return None
+        self._check_count(n)
+        head_end = int(keys[1]) if len(keys) > 1 else n
+        if head_end > _MAX_CHECKED_GOP or n - int(keys[-1]) > _MAX_CHECKED_GOP:
+            return None
+        try:
+            head = self._packet_pts(None, head_end)
+            if head is None or len(head) != head_end:
+                return None
+            pts = np.arange(n, dtype=np.int64) * step + min(head)  # the decode grid, shifted
+            if not np.array_equal(np.sort(np.asarray(head, np.int64)), pts[:head_end]):
+                return None
+            last = int(keys[-1])
+            tail = self._packet_pts(int(pts[last]), n - last + 1)
+            if tail is None or not np.array_equal(np.sort(np.asarray(tail, np.int64)), pts[last:]):
+                return None
+        except av.FFmpegError:
+            return None
+        tb = stream.time_base
+        return _Index(pts, keys.astype(np.int64), pts[keys], float(tb) if tb else 0.0, "header")
+
+    def _packet_pts(self, seek: int | None, limit: int) -> list[int] | None:
+        """Presentation timestamps of at most ``limit`` packets from the start (``seek`` None) or from the
+        keyframe at ``seek``; None when one has none."""
+        if seek is None:
+            self._container.seek(0, backward=True, any_frame=False)
+        else:
+            self._container.seek(seek, backward=True, any_frame=False, stream=self._stream)
+        got: list[int] = []
+        self._moved = True
+        for packet in self._container.demux(self._stream):
+            if not packet.size:
+                continue
+            if packet.pts is None or packet.is_discard:
+                return None
+            got.append(packet.pts)
+            if len(got) >= limit:
+                break
+        return got
+
+    def _index_by_demux(self, stream) -> _Index:
         """Presentation timestamps of every frame (sorted) and the keyframes' seek targets, from one demux."""
+        if self._moved:  # packets were read (the header's check, a read): back to the start
+            try:
+                self._container.seek(0, backward=True, any_frame=False)
+            except av.FFmpegError as e:
+                raise VideoDecodeError(f"cannot seek to the start of the video ({type(e).__name__}: {e})") from e
         pts: list[int] = []
         keys: list[tuple[int, int]] = []  # (pts, seek timestamp) of each keyframe: FFmpeg's seek (mov, matroska)
         # lands on the keyframe at or before a presentation timestamp; the dts would land a GOP early
@@ -183,8 +353,7 @@ class FrameReader:
                 pts.append(packet.pts)
                 if packet.is_keyframe:
                     keys.append((packet.pts, packet.pts))
-                if self.max_frames is not None and len(pts) > self.max_frames:
-                    raise VideoTooLarge(f"video has more than max_frames {self.max_frames} frames")
+                self._check_count(len(pts))
         except VideoTooLarge:
             raise
         except Exception as e:  # a truncated or corrupt tail: the frames demuxed so far are the video
@@ -194,19 +363,19 @@ class FrameReader:
                                    f"(remux or re-encode the file, e.g. with aurora data convert)")
         if not pts:
             raise VideoDecodeError("video has no frames")
-        self._pts = np.asarray(pts, dtype=np.int64)
-        self._pts.sort()
-        if len(np.unique(self._pts)) != len(self._pts):
+        all_pts = np.asarray(pts, dtype=np.int64)
+        all_pts.sort()
+        if len(np.unique(all_pts)) != len(all_pts):
             raise VideoDecodeError("frames with duplicate timestamps: random access impossible")
         keys.sort()
         # keyframe i covers frames from index key_index[i]; seek to key_seek[i]
-        self._key_index = np.searchsorted(self._pts, np.asarray([k for k, _ in keys], dtype=np.int64))
-        self._key_seek = np.asarray([s for _, s in keys], dtype=np.int64)
-        if not len(keys) or self._key_index[0] != 0:  # frames before the first keyframe: start from the top
-            self._key_index = np.concatenate([[0], self._key_index])
-            self._key_seek = np.concatenate([[np.iinfo(np.int64).min], self._key_seek])
+        key_index = np.searchsorted(all_pts, np.asarray([k for k, _ in keys], dtype=np.int64))
+        key_seek = np.asarray([s for _, s in keys], dtype=np.int64)
+        if not len(keys) or key_index[0] != 0:  # frames before the first keyframe: start from the top
+            key_index = np.concatenate([[0], key_index])
+            key_seek = np.concatenate([[np.iinfo(np.int64).min], key_seek])
         tb = stream.time_base
-        self._time_base = float(tb) if tb else 0.0
+        return _Index(all_pts, key_index.astype(np.int64), key_seek, float(tb) if tb else 0.0, "demux")
 
     def _make_info(self, stream, width: int, height: int, rotation: int) -> VideoInfo:
         n = len(self._pts)
@@ -259,6 +428,7 @@ class FrameReader:
             self._frames.close()
         target = int(self._key_seek[k])
         self.seeks += 1
+        self._moved = True
         if k == 0 or target == np.iinfo(np.int64).min:
             self._container.seek(0, backward=True, any_frame=False)  # the very beginning of the file
         else:
@@ -270,10 +440,16 @@ class FrameReader:
     def _decode(self) -> Iterator[Any]:
         """The decoder's frames from the current position: ``container.decode`` packet by packet, except that a
         disposable packet (see :func:`disposable`) presented before the frame being decoded towards is not fed to
-        the decoder (no frame needs it, and it is not wanted: indices only ascend)."""
+        the decoder (no frame needs it, and it is not wanted: indices only ascend). With a header index the
+        first packet after a seek must be the keyframe the index says (else ``_HeaderMismatch``)."""
         stream, length_size = self._stream, self._length_size
         ctx = stream.codec_context
+        expect = int(self._pts[self._key_index[self._key]]) if self._index.source == "header" else None
         for packet in self._container.demux(stream):
+            if expect is not None and packet.size:
+                if packet.pts != expect or not packet.is_keyframe:
+                    raise _HeaderMismatch(f"the seek to the keyframe at {expect} gave a packet at {packet.pts}")
+                expect = None
             if (length_size is not None and packet.size and packet.pts is not None and self._want_pts is not None
                     and packet.pts < self._want_pts and disposable(memoryview(packet), length_size)):
                 self.skipped += 1
@@ -289,6 +465,8 @@ class FrameReader:
                 continue
             i = int(np.searchsorted(self._pts, frame.pts))
             if i >= len(self._pts) or self._pts[i] != frame.pts:
+                if self._index.source == "header":
+                    raise _HeaderMismatch(f"a frame at {frame.pts} is not in the header's index")
                 continue  # a frame the index does not hold (an edit list's discarded lead-in)
             return i, frame
         return None
@@ -315,9 +493,31 @@ class FrameReader:
             raise VideoDecodeError(f"cannot decode video near frame {prev} ({type(e).__name__}: {e})") from e
 
     def _decode_one(self, want: int) -> np.ndarray:
+        try:
+            return self._decode_towards(want)
+        except _HeaderMismatch as e:  # the header's index was wrong: index by demux, as if it had never been used
+            log.warning("video header index disagrees with its packets (%s): indexing every packet instead", e)
+            header = self._index
+            if self._frames is not None:
+                self._frames.close()
+                self._frames = None
+            built = self._index_by_demux(self._stream)
+            _cache_put(self._cache_key, built)
+            if not np.array_equal(built.pts, header.pts):
+                self._set_index(built)
+                raise VideoDecodeError("the video's header index disagrees with its packets (frame indices "
+                                       "chosen from it are not the video's); read it again: it is now indexed "
+                                       "packet by packet") from e
+            self._set_index(built)
+            return self._decode_towards(want)
+
+    def _decode_towards(self, want: int) -> np.ndarray:
         self._want_pts = int(self._pts[want])
         key = int(np.searchsorted(self._key_index, want, side="right")) - 1
-        # seek when the wanted frame's GOP starts after where the decoder is (the GOPs between are skipped)
+        # seek when going back, or when the wanted frame's GOP starts after where the decoder is: the rest of
+        # the current GOP is then never decoded. Even at 1 fps (a wanted frame every 30 of a GOP of 250) this
+        # costs less CPU than decoding forward into the next GOP without a seek (5.1-5.3 s against 5.5-6.2 s for
+        # the 10-minute 360p video, docs/data.md): the seek itself is an index lookup
         if self._frames is None or want <= self._last or int(self._key_index[key]) > self._last + 1:
             self._seek_key(key)
         tries = 0
@@ -331,6 +531,8 @@ class FrameReader:
                 self._last_array = self._to_array(got[1])
                 return self._last_array
             # passed the frame (or the stream ended) without seeing it: the seek landed late, or it is corrupt
+            if self._index.source == "header":
+                raise _HeaderMismatch(f"frame {want} (at {int(self._pts[want])}) was not decoded where expected")
             tries += 1
             back = int(np.searchsorted(self._key_index, want, side="right")) - 1 - tries
             if tries > 2 or back < 0:
@@ -464,12 +666,12 @@ def full_decode(source: VideoSource, num_frames: int | None = None) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ peers
-BACKENDS = ("aurora", "aurora-plain", "full", "full-stream", "decord2", "torchcodec")
+BACKENDS = ("aurora", "aurora-plain", "aurora-demux", "full", "full-stream", "decord2", "torchcodec")
 
 
 def backend_unavailable(name: str) -> str | None:
-    """Why ``name`` cannot run here (None: it can). ``aurora``, ``aurora-plain``, ``full`` and ``full-stream``
-    (this module) always can."""
+    """Why ``name`` cannot run here (None: it can). ``aurora``, ``aurora-plain``, ``aurora-demux``, ``full`` and
+    ``full-stream`` (this module) always can."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}; known: {', '.join(BACKENDS)}"
     module = {"decord2": "decord", "torchcodec": "torchcodec.decoders"}.get(name)
@@ -480,30 +682,48 @@ def backend_unavailable(name: str) -> str | None:
     try:
         importlib.import_module(module)
     except Exception as e:  # not installed, or its FFmpeg libraries / torch build do not match
-        return f"{name} not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
-               f"pip install 'aurora-long[peers]'" + (" and apt-get install ffmpeg" if name == "torchcodec" else "")
+        how = ("pip install 'aurora-long[torchcodec]' (CUDA torch) and apt-get install ffmpeg, or build torchcodec "
+               "from source for a CPU torch (docs/data.md)") if name == "torchcodec" else "pip install 'aurora-long[peers]'"
+        return f"{name} not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {how}"
     return None
 
 
 def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
-              short_side: int | None = None) -> Tensor:
+              short_side: int | None = None, indices: Sequence[int] | None = None,
+              stats: dict[str, Any] | None = None) -> Tensor:
     """uint8 (F, H, W, 3): the same sampling (``num_frames`` uniform, or ``fps`` by time) read by one backend:
     ``aurora`` (:class:`FrameReader`), ``aurora-plain`` (the same without skipping non-reference packets, to
-    measure what that saves), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
+    measure what that saves), ``aurora-demux`` (the same indexed by demux, never from the header), ``full`` (:func:`full_decode`, the old reader), ``full-stream`` (the full decode's
     work, every frame decoded and converted to RGB, keeping only the sampled ones: its time without its memory,
     for videos whose full decode would not fit), or the peers ``decord2`` /
-    ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them)."""
+    ``torchcodec`` where installed (their own seek and resize; for the benchmark and users who have them).
+
+    ``indices`` (ascending frame indices, e.g. :meth:`FrameReader.indices`) replaces the sampling rule, so that
+    every backend reads the same frames. Without it the backends other than ``aurora`` sample by their own
+    frame count and average rate (frame ``i`` at ``i / average_fps``): the same frames for uniform
+    ``num_frames`` on any video, but for ``fps`` only where the frame rate is constant and the first frame is
+    at time 0 (ours samples by each frame's presentation timestamp). ``stats``, when given, receives what our
+    reader's read cost (frames decoded, packets skipped, seeks, the index's source)."""
     reason = backend_unavailable(backend)
     if reason:
         raise RuntimeError(reason)
-    if backend in ("aurora", "aurora-plain"):
-        with FrameReader(source, short_side=short_side, skip_disposable=backend == "aurora") as r:
-            return r.read(r.indices(num_frames, fps))
+
+    def choose(total: int, fps_avg: float) -> list[int]:
+        if indices is not None:
+            return [int(i) for i in indices]
+        return choose_indices(np.arange(total) / (fps_avg or 1.0), 0.0, num_frames, fps)
+
+    if backend in ("aurora", "aurora-plain", "aurora-demux"):
+        with FrameReader(source, short_side=short_side, skip_disposable=backend != "aurora-plain",
+                         index="demux" if backend == "aurora-demux" else "auto") as r:
+            out = r.read(list(indices) if indices is not None else r.indices(num_frames, fps))
+            if stats is not None:
+                stats.update(decoded=r.decoded, skipped=r.skipped, seeks=r.seeks, index_source=r.index_source)
+            return out
     if backend == "full-stream":
-        fps_avg = probe_fps(source) or 1.0
         with FrameReader(source) as r:  # only for the frame count; the decode below is front to back
             total = len(r)
-        idx = choose_indices(np.arange(total) / fps_avg, 0.0, num_frames, fps)
+        idx = choose(total, probe_fps(source))
         where: dict[int, list[int]] = {}
         for pos, i in enumerate(idx):
             where.setdefault(i, []).append(pos)
@@ -523,9 +743,7 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
         return torch.from_numpy(out)
     if backend == "full":
         frames = full_decode(source)
-        times = np.arange(len(frames)) / (probe_fps(source) or 1.0)
-        idx = choose_indices(times, 0.0, num_frames, fps)
-        return frames[idx]
+        return frames[choose(len(frames), probe_fps(source))]
     if backend == "decord2":
         import decord
 
@@ -533,16 +751,12 @@ def read_with(backend: str, source: str | os.PathLike, num_frames: int | None = 
         h, w = probe[0].shape[:2] if len(probe) else (0, 0)
         sh, sw = scaled_size(h, w, short_side)
         vr = probe if (sh, sw) == (h, w) else decord.VideoReader(str(source), width=sw, height=sh, num_threads=0)
-        times = np.arange(len(vr)) / (vr.get_avg_fps() or 1.0)
-        idx = choose_indices(times, 0.0, num_frames, fps)
-        return torch.from_numpy(vr.get_batch(idx).asnumpy())
+        return torch.from_numpy(vr.get_batch(choose(len(vr), vr.get_avg_fps())).asnumpy())
     from torchcodec.decoders import VideoDecoder
 
     dec = VideoDecoder(str(source), seek_mode="exact", dimension_order="NHWC")
     meta = dec.metadata
-    times = np.arange(meta.num_frames) / (meta.average_fps or 1.0)
-    idx = choose_indices(times, 0.0, num_frames, fps)
-    frames = dec.get_frames_at(indices=idx).data
+    frames = dec.get_frames_at(indices=choose(meta.num_frames, meta.average_fps)).data
     if short_side is not None and min(frames.shape[1:3]) > short_side:
         sh, sw = scaled_size(frames.shape[1], frames.shape[2], short_side)
         frames = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(sh, sw),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -31,6 +32,11 @@ FPS = 30
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
+
+
+def _minutes(text: str) -> list[float]:
+    """Video lengths in minutes ('10') or seconds ('30s'), comma-separated."""
+    return [float(x[:-1]) / 60 if x.endswith("s") else float(x) for x in text.split(",") if x]
 
 
 def default_cache() -> str:
@@ -116,14 +122,29 @@ def _worker(spec: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     sampling = spec["sampling"]
     kwargs = {"fps": 1.0} if sampling == "1fps" else {"num_frames": int(sampling)}
-    frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"), **kwargs)
+    ours = spec["backend"] in ("aurora", "aurora-plain", "aurora-demux")
+    # the peers and the full decodes read the frames our reader chose (by presentation timestamp), so every
+    # point reads the same frames; ours chooses its own (its index is part of its cost) and must agree
+    stats: dict[str, Any] = {}
+    frames = read_with(spec["backend"], spec["video"], short_side=spec.get("short_side"),
+                       indices=None if ours else spec.get("indices"), stats=stats, **kwargs)
     seconds = time.perf_counter() - t0
+    if ours and spec.get("indices") is not None and int(frames.shape[0]) != len(spec["indices"]):
+        raise RuntimeError(f"read {frames.shape[0]} frames, the sampling chose {len(spec['indices'])}")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = ru_maxrss_bytes()
     print(TAG + json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
                             "peak_rss": peak, "rss_before": before,
                             "peak_growth": max(0, peak - before), "frames": int(frames.shape[0]),
-                            "shape": list(frames.shape[1:])}), flush=True)
+                            "shape": list(frames.shape[1:]), **stats}), flush=True)
+
+
+def sampled_indices(video: Path, sampling: str) -> list[int]:
+    """The frames a sampling reads from ``video``, as our reader chooses them (every backend reads these)."""
+    from aurora.data.reader import FrameReader
+
+    with FrameReader(video) as r:
+        return r.indices(fps=1.0) if sampling == "1fps" else r.indices(num_frames=int(sampling))
 
 
 def _run_point(spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
@@ -144,18 +165,21 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
             frames = int(minutes * 60 * FPS)
             width = height * 16 // 9 // 2 * 2
             for sampling in args.samplings:
+                indices = sampled_indices(video, sampling)
                 for backend in args.backends:
                     if backend == "full-stream" and sampling not in args.full_stream_samplings:
                         continue  # its cost is every frame's, whatever the sampling: measured where asked
                     rec = {"height": height, "minutes": minutes, "sampling": sampling, "backend": backend,
-                           "video_frames": frames}
+                           "video_frames": frames, "preset": args.preset,
+                           "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                           "load_average": [round(x, 2) for x in os.getloadavg()]}
                     reason = backend_unavailable(backend)
                     held = frames * width * height * 3
                     if reason is None and backend == "full" and held > args.full_limit * 2**30:
                         reason = f"would hold {held / 2**30:.1f} GiB of RGB frames (over --full-limit {args.full_limit:g} GiB)"
                     if reason is None:
                         spec = {"video": str(video), "sampling": sampling, "backend": backend,
-                                "short_side": args.short_side}
+                                "short_side": args.short_side, "indices": indices}
                         runs = []
                         for _ in range(args.repeat):  # each run in its own fresh process
                             result, reason = _run_point(spec, args.max_seconds)
@@ -177,6 +201,22 @@ def run_bench(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
                             f"reading), {rec['frames']} frames {rec['shape']}")
                     records.append(rec)
     return records
+
+
+def _key(rec: dict[str, Any]) -> tuple:
+    return rec["height"], rec["minutes"], rec.get("preset", "ultrafast"), rec["sampling"], rec["backend"]
+
+
+def merge_records(old: dict[str, Any], new: list[dict[str, Any]], settings: dict[str, Any]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``old`` (an earlier ``--json``) with the points measured again replaced in place by ``new`` and the other
+    new points appended: each record keeps its own ``measured_at`` (absent: measured before that field), and
+    ``runs`` lists every run's settings."""
+    fresh = {_key(r): r for r in new}
+    merged = [fresh.pop(_key(r), r) for r in old.get("records", [])]
+    merged += [r for r in new if _key(r) in fresh]
+    runs = old.get("runs") or ([old["settings"]] if "settings" in old else [])
+    return merged, runs + [settings]
 
 
 def write_plot(records: list[dict[str, Any]], path: str) -> None:
@@ -210,7 +250,8 @@ def bench_decode_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="aurora bench decode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--heights", type=_ints, default=[360, 720], help="video heights (16:9), comma-separated")
-    p.add_argument("--minutes", type=lambda t: [float(x) for x in t.split(",") if x], default=[1.0, 10.0, 60.0])
+    p.add_argument("--minutes", type=_minutes, default=[1.0, 10.0, 60.0],
+                   help="video lengths in minutes, comma-separated; '30s' is 30 seconds (short clips)")
     p.add_argument("--samplings", type=lambda t: [x for x in t.split(",") if x], default=list(SAMPLINGS),
                    help="frame counts and/or '1fps', comma-separated")
     p.add_argument("--backends", type=lambda t: [x for x in t.split(",") if x],
@@ -224,6 +265,8 @@ def bench_decode_main(argv: list[str]) -> int:
     p.add_argument("--max-seconds", type=float, default=900.0, help="per point")
     p.add_argument("--cache", default=default_cache(), help="where the generated videos are kept (reused)")
     p.add_argument("--json", default=None)
+    p.add_argument("--update", default=None, help="an earlier --json: keep its records, replacing the points "
+                   "measured again (write the result to --json, which may be the same file)")
     p.add_argument("--plot", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -234,7 +277,11 @@ def bench_decode_main(argv: list[str]) -> int:
     if bad:
         p.error(f"--samplings takes frame counts or 1fps, got {bad}")
     records = run_bench(args)
-    payload = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker",)}, "records": records}
+    settings = {k: v for k, v in vars(args).items() if k not in ("worker",)}
+    runs = [settings]
+    if args.update and Path(args.update).exists():
+        records, runs = merge_records(json.loads(Path(args.update).read_text()), records, settings)
+    payload = {"settings": settings, "runs": runs, "records": records}
     write_outputs(args, payload, records, write_plot)
     return 0
 

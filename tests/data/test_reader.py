@@ -252,7 +252,7 @@ def test_datamodule_refuses_fps_with_batches():
 @pytest.mark.parametrize("case", ["bframes-gop250", "short-gops"])
 def test_torchcodec_exact_seek_gives_our_frames(case, tmp_path):
     pytest.importorskip("torchcodec.decoders", reason="torchcodec is an optional peer (pip install "
-                        "'aurora-long[peers]' with the system FFmpeg and a torchcodec built for this torch)")
+                        "'aurora-long[torchcodec]' with the system FFmpeg on CUDA, or one built for this CPU torch)")
     from aurora.data.reader import read_with
 
     path = tmp_path / "v.mp4"

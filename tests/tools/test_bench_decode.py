@@ -17,5 +17,19 @@ def test_bench_decode_tiny_grid(tmp_path, capsys):
     assert done[("4", "aurora")]["frames"] == 4 and done[("4", "full")]["frames"] == 4
     assert done[("1fps", "aurora")]["frames"] == 1  # 36 frames at 30 fps: 1.2 s
     assert done[("4", "aurora")]["shape"] == [72, 128, 3] and done[("4", "aurora")]["peak_rss"] > 0
+    assert done[("4", "aurora")]["index_source"] == "header" and 4 <= done[("4", "aurora")]["decoded"] <= 36
     assert all("unknown backend" in r["skipped"] for r in records if r["backend"] == "nope")
     assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_bench_decode_update_replaces_the_points_measured_again(tmp_path):
+    from aurora.tools.bench_decode import _minutes, merge_records
+
+    assert _minutes("30s,1,0.5") == [0.5, 1.0, 0.5]
+    rec = lambda sampling, backend, s: {"height": 72, "minutes": 1.0, "sampling": sampling, "backend": backend,
+                                        "seconds": s}
+    old = {"settings": {"run": 1}, "records": [rec("8", "aurora", 9.0), rec("8", "full", 5.0)]}
+    merged, runs = merge_records(old, [rec("8", "aurora", 1.0), rec("64", "aurora", 2.0)], {"run": 2})
+    assert [(r["sampling"], r["backend"], r["seconds"]) for r in merged] == [
+        ("8", "aurora", 1.0), ("8", "full", 5.0), ("64", "aurora", 2.0)]
+    assert runs == [{"run": 1}, {"run": 2}]
