@@ -196,6 +196,8 @@ class RWKV7(RWKVLanguageModel):
 
     # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
     formats: tuple[str, ...] = ("official", "hf")
+    # long prefills without autograd run in pieces of this many tokens (RecurrentLM.run_blocks: linear in T)
+    prefill_piece: int | None = 2048
 
     def __init__(
         self,
@@ -240,15 +242,23 @@ class RWKV7(RWKVLanguageModel):
         self.check_input(embeds, state)
         if embeds.shape[1] == 0:
             return self.pass_through(embeds, state, self.ln_out)
+        x, new_state = self.run_blocks(self.blocks, embeds, state, self.backend, self.chunk_size)
+        return self.ln_out(x), new_state
+
+    def _run_blocks_once(self, blocks, embeds: Tensor, state: list[LayerState] | None, backend: str,
+                         chunk_size: int) -> tuple[Tensor, list[LayerState]]:
+        """All blocks over ``embeds`` (RecurrentLM.run_blocks calls this once, or per piece of a long no-grad
+        prefill): layer 0's values ``v_first`` are per token, so each piece makes its own and pieces stay equal
+        to one shot."""
         x, v_first, new_state = embeds, None, []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(blocks):
             s = state[i] if state is not None else None
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, s, v_first = checkpoint(block, x, s, v_first, self.backend, self.chunk_size, use_reentrant=False)
+                x, s, v_first = checkpoint(block, x, s, v_first, backend, chunk_size, use_reentrant=False)
             else:
-                x, s, v_first = block(x, s, v_first, self.backend, self.chunk_size)
+                x, s, v_first = block(x, s, v_first, backend, chunk_size)
             new_state.append(s)
-        return self.ln_out(x), new_state
+        return x, new_state
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
