@@ -213,7 +213,9 @@ def _op_pair(name: str, t: int, h: int = 8, n: int = 64):
 
 
 def run_peers(names: list[str], lengths: list[int], threads: list[int], d: int, n_layer: int, vocab: int,
-              repeat: int, steps: int, log=print) -> dict[str, Any]:
+              repeat: int, steps: int, log=print, attention_max_t: int | None = None) -> dict[str, Any]:
+    """Every pair at every T and thread count; ``attention_max_t``: the transformer pair (softmax attention,
+    quadratic in T) is recorded as skipped, with the reason, above this T (None: no limit)."""
     import torch
 
     records = []
@@ -229,6 +231,12 @@ def run_peers(names: list[str], lengths: list[int], threads: list[int], d: int, 
                         else [(None, None)]
                     for label, jit in variants:
                         rec = dict(pair=name, T=t, threads=th, gemm_gflops=gemm, d_model=d, n_layer=n_layer)
+                        if name == "transformer" and attention_max_t is not None and t > attention_max_t:
+                            rec.update(status="skipped", reason=f"T {t} > --peer-attention-max-t {attention_max_t} "
+                                                                "(softmax attention is quadratic in T)")
+                            log(f"[peers] {name} T={t} {th}t: skipped (T > {attention_max_t})")
+                            records.append(rec)
+                            continue
                         try:
                             rec.update(_measure(name, t, d, n_layer, vocab, tmp, jit, label, repeat, steps, gemm))
                             rec["status"] = "ok"

@@ -448,6 +448,9 @@ def _add_peer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-threads", type=_lengths, default=[1, 2],
                    help="thread counts (default 1,2; --threads, when given, takes precedence)")
     p.add_argument("--peer-steps", type=int, default=16, help="decode tokens timed for the transformer pair")
+    p.add_argument("--peer-attention-max-t", type=int, default=4096,
+                   help="the transformer pair (quadratic in T) is skipped, with the reason, above this T "
+                        "(default %(default)s; 0: no limit)")
 
 
 def peers_main(args: argparse.Namespace) -> int:
@@ -458,7 +461,8 @@ def peers_main(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"aurora bench rnn --peers: no peer pair for {', '.join(unknown)}; pairs: {', '.join(PEERS)}")
     payload = run_peers(names, args.peer_lengths, args.threads or args.peer_threads, args.d_model, args.n_layer, args.vocab,
-                        max(args.repeat, 3), args.peer_steps, log=lambda s: print(s, file=sys.stderr, flush=True))
+                        max(args.repeat, 3), args.peer_steps, log=lambda s: print(s, file=sys.stderr, flush=True),
+                        attention_max_t=args.peer_attention_max_t or None)
     print(f"peers: d_model {args.d_model}, {args.n_layer} layers, batch 1, fp32, median of {max(args.repeat, 3)} "
           f"interleaved runs, torch {payload['torch']}")
     print(format_peers(payload))

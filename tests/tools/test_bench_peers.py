@@ -47,3 +47,10 @@ def test_unknown_pair_is_named():
 def test_several_thread_counts_need_peers():
     with pytest.raises(SystemExit):
         bench_rnn_main(["--backbones", "gla", "--threads", "1,2"])
+
+
+def test_attention_pair_is_skipped_above_its_limit():
+    payload = bench_peers.run_peers(["transformer"], [32], [1], 64, 1, 64, 1, 1, log=lambda s: None,
+                                    attention_max_t=16)
+    (rec,) = payload["records"]
+    assert rec["status"] == "skipped" and "quadratic" in rec["reason"] and "speedup" not in rec
