@@ -12,7 +12,9 @@ package imports; otherwise recorded as skipped with the reason):
   on CPU), saved with ``save_pretrained`` and loaded by our ``from_checkpoint``.
 * ``transformer`` prefill and decode (ms/token over ``--peer-steps`` tokens after a T-token prefill): transformers'
   ``LlamaForCausalLM`` with SDPA attention, loaded from the checkpoint our baseline writes; its default cache.
-* ``wkv6`` / ``gla`` ops: fla's pure-PyTorch ``naive_chunk_rwkv6`` / ``naive_recurrent_gla``.
+* ``wkv6`` / ``gla`` / ``gated_delta`` ops (H 8, K = V = 64): fla's pure-PyTorch ``naive_chunk_rwkv6`` /
+  ``naive_recurrent_gla`` / ``naive_chunk_gated_delta_rule`` (gated_deltanet's kernel; the faster of fla's two
+  naive forms, chunk 64).
 
 The GEMM rate is measured in the same interleaved rounds as each pair (fp32 1024^3 ``torch.mm``, median, GFLOP/s;
 on a loaded machine a rate measured once at the start drifts by 2x) and every form gets its share of it: achieved FLOP/s / GEMM FLOP/s, with FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` over
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-PEERS = ("rwkv6", "rwkv7", "mamba", "mamba2", "transformer", "wkv6", "gla")
+PEERS = ("rwkv6", "rwkv7", "mamba", "mamba2", "transformer", "wkv6", "gla", "gated_delta")
 
 
 def gemm_rate(repeat: int = 5) -> float:
@@ -193,6 +195,15 @@ def _op_pair(name: str, t: int, h: int = 8, n: int = 64):
         rh, kh, vh, wh = map(hf, (r, k, v, w))
         return (lambda: wkv6(r, k, v, w, u, backend="chunked")[0]), \
             (lambda: naive_chunk_rwkv6(rh, kh, vh, wh, u, chunk_size=32).transpose(1, 2)), 1e-3
+    if name == "gated_delta":
+        from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule
+
+        from aurora.kernels.gated_delta import gated_delta
+        q, k = (F.normalize(x, dim=-1) for x in (r, k))  # as gated_deltanet's layer makes them
+        gd = -F.softplus(torch.randn(1, t, h, generator=g)) / 4
+        beta = torch.sigmoid(torch.randn(1, t, h, generator=g))
+        return (lambda: gated_delta(q, k, v, gd, beta, backend="chunked")[0]), \
+            (lambda: naive_chunk_gated_delta_rule(q, k, v, gd, beta, chunk_size=64)[0]), 1e-3
     from fla.ops.gla.naive import naive_recurrent_gla
 
     from aurora.kernels.gla import gla
@@ -202,7 +213,9 @@ def _op_pair(name: str, t: int, h: int = 8, n: int = 64):
 
 
 def run_peers(names: list[str], lengths: list[int], threads: list[int], d: int, n_layer: int, vocab: int,
-              repeat: int, steps: int, log=print) -> dict[str, Any]:
+              repeat: int, steps: int, log=print, attention_max_t: int | None = None) -> dict[str, Any]:
+    """Every pair at every T and thread count; ``attention_max_t``: the transformer pair (softmax attention,
+    quadratic in T) is recorded as skipped, with the reason, above this T (None: no limit)."""
     import torch
 
     records = []
@@ -218,6 +231,12 @@ def run_peers(names: list[str], lengths: list[int], threads: list[int], d: int, 
                         else [(None, None)]
                     for label, jit in variants:
                         rec = dict(pair=name, T=t, threads=th, gemm_gflops=gemm, d_model=d, n_layer=n_layer)
+                        if name == "transformer" and attention_max_t is not None and t > attention_max_t:
+                            rec.update(status="skipped", reason=f"T {t} > --peer-attention-max-t {attention_max_t} "
+                                                                "(softmax attention is quadratic in T)")
+                            log(f"[peers] {name} T={t} {th}t: skipped (T > {attention_max_t})")
+                            records.append(rec)
+                            continue
                         try:
                             rec.update(_measure(name, t, d, n_layer, vocab, tmp, jit, label, repeat, steps, gemm))
                             rec["status"] = "ok"
@@ -248,7 +267,8 @@ def _measure(name, t, d, n_layer, vocab, tmp, jit, label, repeat, steps, gemm) -
                    decode_speedup=tb / ta)
     else:
         ours, peer, tol = _op_pair(name, t)
-        out["peer"] = "fla naive_chunk_rwkv6" if name == "wkv6" else "fla naive_recurrent_gla"
+        out["peer"] = {"wkv6": "fla naive_chunk_rwkv6", "gla": "fla naive_recurrent_gla",
+                       "gated_delta": "fla naive_chunk_gated_delta_rule"}[name]
     out["max_rel_err"] = _close(ours(), peer(), tol)
     import torch
 

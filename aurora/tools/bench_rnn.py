@@ -403,7 +403,8 @@ def bench_rnn_main(argv: list[str]) -> int:
                    help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--process-per-mode", action="store_true",
                    help="CPU: a fresh process per measurement, memory from ru_maxrss (a cross-check of the default)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the workers")
+    p.add_argument("--threads", type=_lengths, default=None,
+                   help="torch.set_num_threads in the workers (one count; with --peers a comma list, e.g. 1,2)")
     p.add_argument("--kwargs", default=None,
                    help='JSON of extra constructor arguments per backbone, e.g. \'{"mamba2": {"d_state": 64}}\'')
     p.add_argument("--json", default=None, help="write the records here")
@@ -412,6 +413,9 @@ def bench_rnn_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.peers:
         return peers_main(args)
+    if args.threads is not None and len(args.threads) != 1:
+        parser.error(f"--threads takes one count without --peers; got {','.join(map(str, args.threads))}")
+    args.threads = args.threads[0] if args.threads else None
     if min(args.d_model, args.n_layer, args.batch, args.piece, args.steps, args.repeat) < 1:
         parser.error("--d-model, --n-layer, --batch, --piece, --steps and --repeat must be >= 1")
     records = run_bench(args, log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -439,10 +443,14 @@ def _add_peer_arguments(p: argparse.ArgumentParser) -> None:
                    help="instead: ours against peer implementations side by side in one process "
                         "(aurora.tools.bench_peers); uses --backbones (pairs), --d-model, --n-layer, --vocab, "
                         "--repeat, --json, --plot")
-    p.add_argument("--peer-lengths", type=_lengths, default=[1024, 4096],
-                   help="T of the peer comparison (default 1024,4096; add 16384 for the long point)")
-    p.add_argument("--peer-threads", type=_lengths, default=[1, 2], help="thread counts (default 1,2)")
+    p.add_argument("--peer-lengths", type=_lengths, default=[1024, 4096, 16384],
+                   help="T of the peer comparison (default 1024,4096,16384)")
+    p.add_argument("--peer-threads", type=_lengths, default=[1, 2],
+                   help="thread counts (default 1,2; --threads, when given, takes precedence)")
     p.add_argument("--peer-steps", type=int, default=16, help="decode tokens timed for the transformer pair")
+    p.add_argument("--peer-attention-max-t", type=int, default=4096,
+                   help="the transformer pair (quadratic in T) is skipped, with the reason, above this T "
+                        "(default %(default)s; 0: no limit)")
 
 
 def peers_main(args: argparse.Namespace) -> int:
@@ -452,8 +460,9 @@ def peers_main(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in PEERS]
     if unknown:
         raise SystemExit(f"aurora bench rnn --peers: no peer pair for {', '.join(unknown)}; pairs: {', '.join(PEERS)}")
-    payload = run_peers(names, args.peer_lengths, args.peer_threads, args.d_model, args.n_layer, args.vocab,
-                        max(args.repeat, 3), args.peer_steps, log=lambda s: print(s, file=sys.stderr, flush=True))
+    payload = run_peers(names, args.peer_lengths, args.threads or args.peer_threads, args.d_model, args.n_layer, args.vocab,
+                        max(args.repeat, 3), args.peer_steps, log=lambda s: print(s, file=sys.stderr, flush=True),
+                        attention_max_t=args.peer_attention_max_t or None)
     print(f"peers: d_model {args.d_model}, {args.n_layer} layers, batch 1, fp32, median of {max(args.repeat, 3)} "
           f"interleaved runs, torch {payload['torch']}")
     print(format_peers(payload))

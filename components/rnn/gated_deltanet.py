@@ -82,7 +82,7 @@ class GatedDeltaNetMixer(nn.Module):
     def conv_channels(self) -> int:
         return 2 * self.key_dim + self.value_dim
 
-    def forward(self, x: Tensor, state: tuple[Tensor, ...] | None, backend: str, chunk_size: int):
+    def forward(self, x: Tensor, state: tuple[Tensor, ...] | None, backend: str, chunk_size: int | None):
         b, t, _ = x.shape
         h, hv, dk, dv = self.n_head, self.n_v_head, self.head_k_dim, self.head_v_dim
         if state is not None and len(state) != (2 if self.use_short_conv else 1):
@@ -133,12 +133,14 @@ class GatedDeltaNet(FlaCausalLM):
     Sizes as fla's ``GatedDeltaNetConfig``: ``n_head`` query / key heads of ``head_dim``, ``n_v_head`` value heads
     (default ``n_head``; more make grouped value attention) of ``head_dim * expand_v``; ``d_ffn`` defaults to
     fla's rule (2/3 of 4 d_model, rounded up to 256). ``backend`` picks the delta-rule kernel (see
-    :func:`aurora.kernels.gated_delta.gated_delta`); ``chunk_size`` is the CPU chunked form's (fla's kernels on
-    CUDA use their own 64).
+    :func:`aurora.kernels.gated_delta.gated_delta`); ``chunk_size`` is the CPU chunked form's (None: chosen from the
+    head sizes, :func:`aurora.kernels.gated_delta.auto_chunk_size`; fla's kernels on CUDA use their own 64).
     """
 
     # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
     formats: tuple[str, ...] = ("hf",)
+    # long prefills without autograd run in pieces of this many tokens (RecurrentLM.run_blocks: linear in T)
+    prefill_piece: int | None = 1024
 
     def __init__(
         self,
@@ -158,7 +160,7 @@ class GatedDeltaNet(FlaCausalLM):
         norm_eps: float = 1e-6,
         tie_word_embeddings: bool = False,
         initializer_range: float = 0.02,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         backend: str = "auto",
         grad_checkpoint: bool = False,
     ) -> None:

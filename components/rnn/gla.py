@@ -216,7 +216,7 @@ class GLA(FlaCausalLM):
     # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
     formats: tuple[str, ...] = ("hf",)
     # long prefills without autograd run in pieces of this many tokens (RecurrentLM.run_blocks: linear in T)
-    prefill_piece: int | None = 2048
+    prefill_piece: int | None = 1024
 
     def __init__(
         self,

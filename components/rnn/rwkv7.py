@@ -116,22 +116,25 @@ class TimeMix(nn.Module):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
         dx = token_shift(x, shift) - x
-        xr, xw, xk, xv, xa, xg = (x + dx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        # fused forms of the official formulas (one kernel and one T x C buffer each instead of two or three):
+        # x + dx * m as addcmul, bias + h @ W as linear with bias, v + (v_first - v) * s as lerp
+        xr, xw, xk, xv, xa, xg = (torch.addcmul(x, dx, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v,
+                                                                       self.x_a, self.x_g))
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        raw_w = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        raw_w = F.linear(torch.tanh(xw @ self.w1), self.w2.t(), self.w0.view(-1))
+        a = torch.sigmoid(F.linear(xa @ self.a1, self.a2.t(), self.a0.view(-1)))
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = F.normalize((k * self.k_k).view(b, t, h, n), dim=-1)
-        k = k * (1 + (a - 1) * self.k_a)
+        k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) * k_a)
         if self.layer_id == 0:
             v_first = v
         else:
             if v_first is None or v_first.shape != v.shape:
                 raise ValueError(f"layer {self.layer_id} needs layer 0's values {tuple(v.shape)}, got "
                                  f"{None if v_first is None else tuple(v_first.shape)}")
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+            v = torch.lerp(v, v_first, torch.sigmoid(F.linear(xv @ self.v1, self.v2.t(), self.v0.view(-1))))
         # log decay = -exp(w) with the official w = -softplus(-raw) - 0.5, i.e. -exp(-1/2) * sigmoid(raw)
         log_w = LOG_DECAY_BOUND * torch.sigmoid(raw_w.to(torch.promote_types(raw_w.dtype, torch.float32)))
         a_h = a.view(b, t, h, n)
@@ -140,9 +143,10 @@ class TimeMix(nn.Module):
                             decay_lower_bound=LOG_DECAY_BOUND)
         dt = torch.promote_types(y.dtype, torch.float32)  # group norm in at least fp32 (bf16 under autocast)
         y = F.group_norm(y.reshape(b * t, c).to(dt), h, self.ln_x.weight.to(dt), self.ln_x.bias.to(dt), self.ln_x.eps)
-        y = y.view(b, t, c).to(x.dtype)
-        bonus = (r.view(b, t, h, n) * k.view(b, t, h, n) * self.r_k).sum(-1, keepdim=True) * v.view(b, t, h, n)
-        y = y + bonus.view(b, t, c)
+        y = y.view(b, t, h, n).to(x.dtype)
+        # + the bonus (r * k * r_k).sum per head * v, as one addcmul
+        y = torch.addcmul(y, (r.view(b, t, h, n) * k.view(b, t, h, n) * self.r_k).sum(-1, keepdim=True),
+                          v.view(b, t, h, n)).view(b, t, c)
         return self.output(y * g), x[:, -1], wkv_state, v_first
 
 
@@ -160,7 +164,11 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
         dx = token_shift(x, shift) - x
-        return self.value(torch.relu(self.key(x + dx * self.x_k)) ** 2), x[:, -1]
+        h = self.key(torch.addcmul(x, dx, self.x_k))
+        if torch.is_grad_enabled():
+            h = torch.relu(h)
+            return self.value(h * h), x[:, -1]  # relu(.)^2 (a product: pow is several times slower on the CPU)
+        return self.value(h.relu_().square_()), x[:, -1]  # no autograd: the T x d_ffn buffer in place
 
 
 class Block(nn.Module):
@@ -196,6 +204,8 @@ class RWKV7(RWKVLanguageModel):
 
     # the checkpoint formats from_checkpoint reads (what aurora convert --format accepts for this backbone)
     formats: tuple[str, ...] = ("official", "hf")
+    # long prefills without autograd run in pieces of this many tokens (RecurrentLM.run_blocks: linear in T)
+    prefill_piece: int | None = 1024
 
     def __init__(
         self,
@@ -240,15 +250,23 @@ class RWKV7(RWKVLanguageModel):
         self.check_input(embeds, state)
         if embeds.shape[1] == 0:
             return self.pass_through(embeds, state, self.ln_out)
+        x, new_state = self.run_blocks(self.blocks, embeds, state, self.backend, self.chunk_size)
+        return self.ln_out(x), new_state
+
+    def _run_blocks_once(self, blocks, embeds: Tensor, state: list[LayerState] | None, backend: str,
+                         chunk_size: int) -> tuple[Tensor, list[LayerState]]:
+        """All blocks over ``embeds`` (RecurrentLM.run_blocks calls this once, or per piece of a long no-grad
+        prefill): layer 0's values ``v_first`` are per token, so each piece makes its own and pieces stay equal
+        to one shot."""
         x, v_first, new_state = embeds, None, []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(blocks):
             s = state[i] if state is not None else None
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, s, v_first = checkpoint(block, x, s, v_first, self.backend, self.chunk_size, use_reentrant=False)
+                x, s, v_first = checkpoint(block, x, s, v_first, backend, chunk_size, use_reentrant=False)
             else:
-                x, s, v_first = block(x, s, v_first, self.backend, self.chunk_size)
+                x, s, v_first = block(x, s, v_first, backend, chunk_size)
             new_state.append(s)
-        return self.ln_out(x), new_state
+        return x, new_state
 
     # ------------------------------------------------------------------------------------------ checkpoints
 

@@ -93,7 +93,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate channel pairs (i, i + head_dim / 2) of x (B, H, T, head_dim) by the position's angles."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    if torch.is_grad_enabled():
+        return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return rotated.mul_(sin.to(x.dtype)).addcmul_(x, cos.to(x.dtype))  # no autograd: in place, one buffer
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
@@ -179,7 +181,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(d_ffn, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # no autograd: the T x d_ffn activations in place (two fresh large buffers fewer per layer)
+        return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))
 
 
 class Block(nn.Module):

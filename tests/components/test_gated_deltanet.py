@@ -11,7 +11,7 @@ from _backbones import TINY, close, randomised, rel_err
 from _backbones import tiny as tiny_backbone
 from aurora.components.rnn.gated_deltanet import GatedDeltaNet
 from aurora.components.rnn.gla import load_fla_state_dict
-from aurora.kernels.gated_delta import gated_delta, gated_delta_chunked, gated_delta_recurrent
+from aurora.kernels.gated_delta import auto_chunk_size, gated_delta, gated_delta_chunked, gated_delta_recurrent
 
 
 def inputs(b=2, t=37, h=3, hv=None, n=8, dv=6, decay="mixed", beta_max=1.0, dtype=torch.float64, seed=0):
@@ -50,6 +50,20 @@ def test_chunked_equals_recurrent_fp64(decay, chunk):
     assert o2.dtype == s2.dtype == torch.float64 and o2.shape == v.shape
     assert torch.isfinite(o2).all() and torch.isfinite(s2).all()
     assert close(o2, o1, 1e-12) and close(s2, s1, 1e-12)
+
+
+def test_auto_chunk_size_and_groups_written_in_place():
+    """The chunk size follows the head sizes (16 for small heads, 64 for fla's 256 x 512); with it, several
+    groups of chunks (each written into the one output buffer) still equal the step form, with and without
+    autograd."""
+    assert [auto_chunk_size(*s) for s in ((8, 6), (64, 64), (128, 128), (256, 512))] == [16, 16, 32, 64]
+    q, k, v, g, beta, s0 = inputs(t=53, hv=6, beta_max=2.0)
+    o1, s1 = gated_delta_recurrent(q, k, v, g, beta, s0)
+    o2, s2 = gated_delta_chunked(q, k, v, g, beta, s0, max_group_elements=1)  # one chunk a group: 4 groups
+    assert close(o2, o1, 1e-12) and close(s2, s1, 1e-12)
+    v.requires_grad_(True)
+    o3, s3 = gated_delta_chunked(q, k, v, g, beta, s0, max_group_elements=1)
+    assert o3.requires_grad and close(o3.detach(), o1, 1e-12) and close(s3.detach(), s1, 1e-12)
 
 
 def test_chunked_recurrent_differ_when_they_should():
