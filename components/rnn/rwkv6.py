@@ -34,6 +34,38 @@ from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 
 
+def shift_delta(x: Tensor, last: Tensor | None) -> Tensor:
+    """x_{t-1} - x_t for every t of ``x`` (B, T, C) (the token shift's difference), with the carried last token
+    ``last`` (B, C) in front (zeros at the start): one pad and one subtraction."""
+    if last is None:
+        return F.pad(x, (0, 0, 1, -1)) - x
+    return token_shift(x, last) - x
+
+
+class _SquaredReLU(torch.autograd.Function):
+    """relu(z) ** 2 with the backward 2 relu(z) * grad: two elementwise ops each way (autograd through relu and pow
+    takes five, and keeps two tensors)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        a = torch.relu(z)
+        ctx.save_for_backward(a)
+        return a * a
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (a,) = ctx.saved_tensors
+        return (a + a) * grad
+
+
+def sqrelu(z: Tensor) -> Tensor:
+    """The channel mix's squared ReLU (custom backward when autograd records, plain ops otherwise)."""
+    if torch.is_grad_enabled() and z.requires_grad:
+        return _SquaredReLU.apply(z)
+    a = torch.relu(z)
+    return a * a
+
+
 class TimeMix(nn.Module):
     def __init__(self, d_model: int, n_head: int, layer_id: int, n_layer: int, mix_lora: int, decay_lora: int,
                  ln_x_eps: float = 64e-5):
@@ -87,25 +119,25 @@ class TimeMix(nn.Module):
     def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None, backend: str, chunk_size: int):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        dx = token_shift(x, shift) - x
-        lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1).view(b * t, 5, -1).transpose(0, 1)
-        mw, mk, mv, mr, mg = torch.bmm(lora, self.time_maa_w2).view(5, b, t, c).unbind(0)
-        xw = x + dx * (self.time_maa_w + mw)
-        xk = x + dx * (self.time_maa_k + mk)
-        xv = x + dx * (self.time_maa_v + mv)
-        xr = x + dx * (self.time_maa_r + mr)
-        xg = x + dx * (self.time_maa_g + mg)
-        r = self.receptance(xr).view(b, t, h, n)
-        k = self.key(xk).view(b, t, h, n)
-        v = self.value(xv).view(b, t, h, n)
-        g = F.silu(self.gate(xg))
-        decay = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        x2 = x.reshape(b * t, c)
+        dx = shift_delta(x, shift).view(b * t, c)
+        # The five data-dependent mixes (w, k, v, r, g: the official column order) as one (5, B*T, C) tensor: one
+        # addcmul for all of them instead of three elementwise ops each.
+        lora = torch.tanh(torch.addcmul(x2, dx, self.time_maa_x.view(1, c)) @ self.time_maa_w1)
+        mix = torch.bmm(lora.view(b * t, 5, -1).transpose(0, 1), self.time_maa_w2)  # (5, B*T, C)
+        maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        xs = torch.addcmul(x2, dx, mix + maa)  # x + dx * (maa_j + m_j), j = w, k, v, r, g
+        # k, v, r, g in one batched product (weights stacked, transposed views: no copy of x)
+        kvrg = torch.bmm(xs[1:], torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
+                                              self.gate.weight]).transpose(1, 2))
+        k, v, r, gate = (z.view(b, t, h, n) for z in kvrg.unbind(0))
+        decay = torch.addmm(self.time_decay.view(1, c), torch.tanh(xs[0] @ self.time_decay_w1), self.time_decay_w2)
         log_w = -torch.exp(decay.float()).view(b, t, h, n)  # log of the per-channel decay exp(-exp(.))
         y, wkv_state = wkv6(r, k, v, log_w, self.time_faaaa, wkv_state, backend=backend, chunk_size=chunk_size)
         dt = torch.promote_types(y.dtype, torch.float32)  # group norm in at least fp32 (bf16 under autocast)
         y = F.group_norm(y.reshape(b * t, c).to(dt), h, self.ln_x.weight.to(dt), self.ln_x.bias.to(dt), self.ln_x.eps)
-        y = y.view(b, t, c).to(x.dtype)
-        return self.output(y * g), x[:, -1], wkv_state
+        y = y.to(x.dtype) * F.silu(gate.reshape(b * t, c))
+        return self.output(y).view(b, t, c), x[:, -1], wkv_state
 
 
 class ChannelMix(nn.Module):
@@ -126,9 +158,9 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.value.weight)
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-        dx = token_shift(x, shift) - x
-        k = torch.relu(self.key(x + dx * self.time_maa_k)) ** 2
-        return torch.sigmoid(self.receptance(x + dx * self.time_maa_r)) * self.value(k), x[:, -1]
+        dx = shift_delta(x, shift)
+        k = sqrelu(self.key(torch.addcmul(x, dx, self.time_maa_k)))
+        return torch.sigmoid(self.receptance(torch.addcmul(x, dx, self.time_maa_r))) * self.value(k), x[:, -1]
 
 
 class Block(nn.Module):
