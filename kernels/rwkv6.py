@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aurora.kernels.chunking import (chunk_sums, dyadic_intra, dyadic_intra_backward, group_chunks,
-                                     pow2_at_least)
+from aurora.kernels.chunking import (chunk_sums, dyadic_factors, dyadic_intra, dyadic_intra_backward,
+                                     group_chunks, pow2_at_least)
 
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
@@ -104,7 +104,8 @@ def wkv6_chunked(
 
 
 def _to_chunks(xs: tuple[Tensor, ...], t0: int, t1: int, L: int) -> tuple[list[Tensor], int]:
-    """Tokens t0:t1 of each (B, T, H, D) tensor, zero-padded to whole chunks, as (B, H, G, L, D); and G."""
+    """Tokens t0:t1 of each (B, T, H, D) tensor, zero-padded to whole chunks, as contiguous (B, H, G, L, D) (one
+    copy each: every later product and block view reads them without another); and G."""
     ng = -(-(t1 - t0) // L)
     pad = ng * L - (t1 - t0)
     out = []
@@ -112,7 +113,7 @@ def _to_chunks(xs: tuple[Tensor, ...], t0: int, t1: int, L: int) -> tuple[list[T
         x = x[:, t0:t1]
         if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
             x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        out.append(x.reshape(x.shape[0], ng, L, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4))
+        out.append(x.reshape(x.shape[0], ng, L, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4).contiguous())
     return out, ng
 
 
@@ -131,7 +132,7 @@ def _decays(wg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | None = None
                           ) -> tuple[Tensor, Tensor]:
     """The chunked forward; ``keep`` (a list) receives, per group of chunks, what the backward reuses: the decay
-    factors and the state entering each chunk."""
+    factors (chunk and dyadic), the state entering each chunk and the chunked r, k, v."""
     b, t, h, _ = r.shape
     group = group_chunks(b, h, L)
     # Preallocated output, filled one group of chunks at a time: no temporary scales with T.
@@ -143,7 +144,8 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
         (rg, kg, vg, wg), ng = _to_chunks((r, k, v, w), t0, t1, L)
         e_prev, e_rest, e_last = _decays(wg)
         # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
-        y = dyadic_intra(rg, kg, vg, wg, inclusive=False) if L > 1 else None
+        factors = dyadic_factors(wg, inclusive=False) if L > 1 else None
+        y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors) if L > 1 else None
         # What each chunk adds to the state, and how much of the incoming state survives it.
         chunk_kv = (e_rest * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
         incoming = []
@@ -152,7 +154,7 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
             s = e_last[:, :, i, :, None] * s + chunk_kv[:, :, i]
         incoming = torch.stack(incoming, 2)
         if keep is not None:
-            keep.append((e_prev, e_rest, e_last, incoming))
+            keep.append((e_prev, e_rest, e_last, incoming, factors, rg, kg, vg))
         inter = (rg * e_prev) @ incoming  # from the state entering each chunk
         y = inter if y is None else y + inter
         y = _from_chunks(y, t1 - t0) + bonus
@@ -183,8 +185,8 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
     for gi in reversed(range(len(starts))):
         t0 = starts[gi]
         t1 = min(t, t0 + group * L)
-        (rg, kg, vg, wg, dyg), ng = _to_chunks((r, k, v, w, dy), t0, t1, L)
-        e_prev, e_rest, e_last, s_in = saved[gi]
+        (dyg,), ng = _to_chunks((dy,), t0, t1, L)
+        e_prev, e_rest, e_last, s_in, factors, rg, kg, vg = saved[gi]
         kr, rq = kg * e_rest, rg * e_prev
         rq_dy = rq.transpose(-1, -2) @ dyg  # what each chunk's outputs ask of the state entering it
         g_out = [None] * ng
@@ -196,7 +198,7 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         d_k = (vg @ g_out.transpose(-1, -2)) * e_rest
         d_v = kr @ g_out
         if L > 1:
-            dyadic_intra_backward(rg, kg, vg, wg, dyg, d_r, d_k, d_v)
+            dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors)
         drs[:, t0:t1], dks[:, t0:t1], dvv[:, t0:t1] = (_from_chunks(x, t1 - t0) for x in (d_r, d_k, d_v))
     p = (v * dy).sum(-1, keepdim=True)  # the bonus term's gradients
     dr = drs + u * k * p
