@@ -145,17 +145,20 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
         e_prev, e_rest, e_last = _decays(wg)
         # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
         factors = dyadic_factors(wg, inclusive=False) if L > 1 else None
-        y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors) if L > 1 else None
+        levels = [] if keep is not None else None
+        y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors, keep=levels) if L > 1 else None
         # What each chunk adds to the state, and how much of the incoming state survives it.
-        chunk_kv = (e_rest * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
+        kr = e_rest * kg
+        chunk_kv = kr.transpose(-1, -2) @ vg  # (B, H, G, N, V)
         incoming = []
         for i in range(ng):  # the only sequential part: one cheap update per chunk
             incoming.append(s)
             s = e_last[:, :, i, :, None] * s + chunk_kv[:, :, i]
         incoming = torch.stack(incoming, 2)
+        rq = rg * e_prev
         if keep is not None:
-            keep.append((e_prev, e_rest, e_last, incoming, factors, rg, kg, vg))
-        inter = (rg * e_prev) @ incoming  # from the state entering each chunk
+            keep.append((e_prev, e_rest, e_last, incoming, factors, levels, rg, kg, vg, kr, rq))
+        inter = rq @ incoming  # from the state entering each chunk
         y = inter if y is None else y + inter
         y = _from_chunks(y, t1 - t0) + bonus
         o[:, t0:t1] = y * scale if scale != 1.0 else y
@@ -186,8 +189,7 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         t0 = starts[gi]
         t1 = min(t, t0 + group * L)
         (dyg,), ng = _to_chunks((dy,), t0, t1, L)
-        e_prev, e_rest, e_last, s_in, factors, rg, kg, vg = saved[gi]
-        kr, rq = kg * e_rest, rg * e_prev
+        e_prev, e_rest, e_last, s_in, factors, levels, rg, kg, vg, kr, rq = saved[gi]
         rq_dy = rq.transpose(-1, -2) @ dyg  # what each chunk's outputs ask of the state entering it
         g_out = [None] * ng
         for i in reversed(range(ng)):  # the adjoint: gradient with respect to the state leaving each chunk
@@ -198,7 +200,7 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         d_k = (vg @ g_out.transpose(-1, -2)) * e_rest
         d_v = kr @ g_out
         if L > 1:
-            dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors)
+            dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors, kept=levels)
         drs[:, t0:t1], dks[:, t0:t1], dvv[:, t0:t1] = (_from_chunks(x, t1 - t0) for x in (d_r, d_k, d_v))
     p = (v * dy).sum(-1, keepdim=True)  # the bonus term's gradients
     dr = drs + u * k * p
