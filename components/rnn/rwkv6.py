@@ -126,12 +126,15 @@ class TimeMix(nn.Module):
         lora = torch.tanh(torch.addcmul(x2, dx, self.time_maa_x.view(1, c)) @ self.time_maa_w1)
         mix = torch.bmm(lora.view(b * t, 5, -1).transpose(0, 1), self.time_maa_w2)  # (5, B*T, C)
         maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        xs = torch.addcmul(x2, dx, mix + maa)  # x + dx * (maa_j + m_j), j = w, k, v, r, g
-        # k, v, r, g in one batched product (weights stacked, transposed views: no copy of x)
-        kvrg = torch.bmm(xs[1:], torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
-                                              self.gate.weight]).transpose(1, 2))
+        # x + dx * (maa_j + m_j), j = w, k, v, r, g; split (not indexed: its backward is one cat, not a zero fill
+        # of the whole tensor per slice)
+        xw, xkvrg = torch.addcmul(x2, dx, mix + maa).split([1, 4])
+        # k, v, r, g in one batched product (weights stacked, transposed views)
+        kvrg = torch.bmm(xkvrg, torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
+                                             self.gate.weight]).transpose(1, 2))
         k, v, r, gate = (z.view(b, t, h, n) for z in kvrg.unbind(0))
-        decay = torch.addmm(self.time_decay.view(1, c), torch.tanh(xs[0] @ self.time_decay_w1), self.time_decay_w2)
+        decay = torch.addmm(self.time_decay.view(1, c), torch.tanh(xw.squeeze(0) @ self.time_decay_w1),
+                            self.time_decay_w2)
         log_w = -torch.exp(decay.float()).view(b, t, h, n)  # log of the per-channel decay exp(-exp(.))
         y, wkv_state = wkv6(r, k, v, log_w, self.time_faaaa, wkv_state, backend=backend, chunk_size=chunk_size)
         dt = torch.promote_types(y.dtype, torch.float32)  # group norm in at least fp32 (bf16 under autocast)
