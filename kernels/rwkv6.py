@@ -19,6 +19,9 @@ float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -123,6 +126,18 @@ def _from_chunks(x: Tensor, n_tokens: int) -> Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(b, g * L, h, d)[:, :n_tokens]
 
 
+# The one-reference intra-chunk product is used when every chunk's total log decay is >= -FAST_LOG.
+FAST_LOG = 20.0
+FAST_FLOOR = math.exp(-FAST_LOG)
+
+
+@functools.lru_cache(maxsize=32)
+def _strictly_lower(L: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The (L, L) 0/1 mask of the pairs s < t inside a chunk."""
+    with torch.inference_mode(False):  # a cached constant made under inference_mode could not enter autograd later
+        return torch.ones(L, L).tril(-1).to(device=device, dtype=dtype)
+
+
 def _decays(wg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per chunk (B, H, G, L, N): exp(c_{t-1}) (decay before each token), exp(w_{s+1} + ... + w_L) (from each token
     to the chunk's end) and exp(c_L) (B, H, G, N); every exponent a direct sum (:func:`chunk_sums`)."""
@@ -143,21 +158,31 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
         bonus = (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * v[:, t0:t1]  # (B, Tg, H, V)
         (rg, kg, vg, wg), ng = _to_chunks((r, k, v, w), t0, t1, L)
         e_prev, e_rest, e_last = _decays(wg)
-        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
-        factors = dyadic_factors(wg, inclusive=False) if L > 1 else None
-        levels = [] if keep is not None else None
-        y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors, keep=levels) if L > 1 else None
+        kr, rq = e_rest * kg, rg * e_prev  # k_s exp(c_L - c_s), r_t exp(c_{t-1})
+        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s.
+        if L > 1 and bool(e_last.min() >= FAST_FLOOR):
+            # Every chunk decays by at most e^-FAST_LOG: one reference (the chunk's start) is safe, exp(c_{t-1}) and
+            # exp(-c_s) stay within e^(+-FAST_LOG), so the chunk's pairs are one masked product (relative error
+            # ~ FAST_LOG * eps). Stronger decays take the dyadic form below, exact for any decay.
+            kq = kr / e_last.unsqueeze(-2)  # k_s exp(-c_s)
+            a = (rq @ kq.transpose(-1, -2)) * _strictly_lower(L, r.device, r.dtype)
+            y = a @ vg
+            intra = ("one-reference", kq, a)
+        elif L > 1:  # dyadic products, every exponent <= 0
+            factors, levels = dyadic_factors(wg, inclusive=False), [] if keep is not None else None
+            y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors, keep=levels)
+            intra = ("dyadic", factors, levels)
+        else:
+            y, intra = None, None
         # What each chunk adds to the state, and how much of the incoming state survives it.
-        kr = e_rest * kg
         chunk_kv = kr.transpose(-1, -2) @ vg  # (B, H, G, N, V)
         incoming = []
         for i in range(ng):  # the only sequential part: one cheap update per chunk
             incoming.append(s)
             s = e_last[:, :, i, :, None] * s + chunk_kv[:, :, i]
         incoming = torch.stack(incoming, 2)
-        rq = rg * e_prev
         if keep is not None:
-            keep.append((e_prev, e_rest, e_last, incoming, factors, levels, rg, kg, vg, kr, rq))
+            keep.append((e_prev, e_rest, e_last, incoming, intra, rg, kg, vg, kr, rq))
         inter = rq @ incoming  # from the state entering each chunk
         y = inter if y is None else y + inter
         y = _from_chunks(y, t1 - t0) + bonus
@@ -189,18 +214,30 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         t0 = starts[gi]
         t1 = min(t, t0 + group * L)
         (dyg,), ng = _to_chunks((dy,), t0, t1, L)
-        e_prev, e_rest, e_last, s_in, factors, levels, rg, kg, vg, kr, rq = saved[gi]
+        e_prev, e_rest, e_last, s_in, intra, rg, kg, vg, kr, rq = saved[gi]
         rq_dy = rq.transpose(-1, -2) @ dyg  # what each chunk's outputs ask of the state entering it
         g_out = [None] * ng
         for i in reversed(range(ng)):  # the adjoint: gradient with respect to the state leaving each chunk
             g_out[i] = adj
             adj = e_last[:, :, i, :, None] * adj + rq_dy[:, :, i]
         g_out = torch.stack(g_out, 2)  # (B, H, G, N, V)
-        d_r = (dyg @ s_in.transpose(-1, -2)) * e_prev
-        d_k = (vg @ g_out.transpose(-1, -2)) * e_rest
+        d_r = dyg @ s_in.transpose(-1, -2)
+        d_k = vg @ g_out.transpose(-1, -2)
         d_v = kr @ g_out
-        if L > 1:
-            dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors, kept=levels)
+        if intra is not None and intra[0] == "one-reference":  # the masked product's three gradients
+            _, kq, a = intra
+            da = (dyg @ vg.transpose(-1, -2)) * _strictly_lower(L, r.device, r.dtype)
+            d_r += da @ kq
+            d_k += (da.transpose(-1, -2) @ rq) / e_last.unsqueeze(-2)
+            d_v += a.transpose(-1, -2) @ dyg
+            d_r *= e_prev
+            d_k *= e_rest
+        else:
+            d_r *= e_prev
+            d_k *= e_rest
+            if intra is not None:
+                _, factors, levels = intra
+                dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors, kept=levels)
         drs[:, t0:t1], dks[:, t0:t1], dvv[:, t0:t1] = (_from_chunks(x, t1 - t0) for x in (d_r, d_k, d_v))
     p = (v * dy).sum(-1, keepdim=True)  # the bonus term's gradients
     dr = drs + u * k * p
