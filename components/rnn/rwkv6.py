@@ -66,6 +66,37 @@ def sqrelu(z: Tensor) -> Tensor:
     return a * a
 
 
+class _MixFive(torch.autograd.Function):
+    """The five token-shift mixes x + dx * (maa_j + m_j) (x, dx (N, C); m (5, N, C); maa (5, 1, C)), returned as
+    the w mix (N, C) and the k, v, r, g mixes (4, N, C), with a backward of four passes over the (5, N, C) gradient
+    (autograd through add and addcmul takes seven, one of them a multiplication by addcmul's value 1, and a cat of
+    the two outputs' gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dx: Tensor, m: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
+        z = m + maa
+        ctx.save_for_backward(dx, z)
+        return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
+
+    @staticmethod
+    def backward(ctx, g_w: Tensor | None, g_kvrg: Tensor | None):
+        dx, z = ctx.saved_tensors
+        g = torch.empty_like(z)
+        g[0] = 0 if g_w is None else g_w
+        g[1:] = 0 if g_kvrg is None else g_kvrg
+        g_m = g * dx
+        g_dx = (g * z).sum(0)
+        return g.sum(0), g_dx, g_m, g_m.sum(1, keepdim=True)
+
+
+def mix_five(x: Tensor, dx: Tensor, m: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
+    """x + dx * (maa_j + m_j) for the five mixes (see :class:`_MixFive`): (w mix (N, C), k/v/r/g mixes (4, N, C))."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dx, m, maa)):
+        return _MixFive.apply(x, dx, m, maa)
+    z = m + maa
+    return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
+
+
 class TimeMix(nn.Module):
     def __init__(self, d_model: int, n_head: int, layer_id: int, n_layer: int, mix_lora: int, decay_lora: int,
                  ln_x_eps: float = 64e-5):
@@ -126,15 +157,12 @@ class TimeMix(nn.Module):
         lora = torch.tanh(torch.addcmul(x2, dx, self.time_maa_x.view(1, c)) @ self.time_maa_w1)
         mix = torch.bmm(lora.view(b * t, 5, -1).transpose(0, 1), self.time_maa_w2)  # (5, B*T, C)
         maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        # x + dx * (maa_j + m_j), j = w, k, v, r, g; split (not indexed: its backward is one cat, not a zero fill
-        # of the whole tensor per slice)
-        xw, xkvrg = torch.addcmul(x2, dx, mix + maa).split([1, 4])
+        xw, xkvrg = mix_five(x2, dx, mix, maa)  # x + dx * (maa_j + m_j), j = w and j = k, v, r, g
         # k, v, r, g in one batched product (weights stacked, transposed views)
         kvrg = torch.bmm(xkvrg, torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
                                              self.gate.weight]).transpose(1, 2))
         k, v, r, gate = (z.view(b, t, h, n) for z in kvrg.unbind(0))
-        decay = torch.addmm(self.time_decay.view(1, c), torch.tanh(xw.squeeze(0) @ self.time_decay_w1),
-                            self.time_decay_w2)
+        decay = torch.addmm(self.time_decay.view(1, c), torch.tanh(xw @ self.time_decay_w1), self.time_decay_w2)
         log_w = -torch.exp(decay.float()).view(b, t, h, n)  # log of the per-channel decay exp(-exp(.))
         y, wkv_state = wkv6(r, k, v, log_w, self.time_faaaa, wkv_state, backend=backend, chunk_size=chunk_size)
         dt = torch.promote_types(y.dtype, torch.float32)  # group norm in at least fp32 (bf16 under autocast)
