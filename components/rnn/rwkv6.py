@@ -81,12 +81,14 @@ class _MixFive(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_w: Tensor | None, g_kvrg: Tensor | None):
         dx, z = ctx.saved_tensors
-        g = torch.empty_like(z)
-        g[0] = 0 if g_w is None else g_w
-        g[1:] = 0 if g_kvrg is None else g_kvrg
-        g_m = g * dx
-        g_dx = (g * z).sum(0)
-        return g.sum(0), g_dx, g_m, g_m.sum(1, keepdim=True)
+        g_w = torch.zeros_like(dx) if g_w is None else g_w
+        g_kvrg = torch.zeros_like(z[1:]) if g_kvrg is None else g_kvrg
+        g_m = torch.empty_like(z)  # written in two slices: the incoming gradients are never copied into one
+        torch.mul(g_w, dx, out=g_m[0])
+        torch.mul(g_kvrg, dx, out=g_m[1:])
+        g_x = g_kvrg.sum(0).add_(g_w)
+        g_dx = (g_kvrg * z[1:]).sum(0).addcmul_(g_w, z[0])
+        return g_x, g_dx, g_m, g_m.sum(1, keepdim=True)
 
 
 def mix_five(x: Tensor, dx: Tensor, m: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
