@@ -154,26 +154,28 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
     o = r.new_empty(b, t, h, v.shape[-1])
     for t0 in range(0, t, group * L):
         t1 = min(t, t0 + group * L)
-        # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
-        bonus = (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * v[:, t0:t1]  # (B, Tg, H, V)
         (rg, kg, vg, wg), ng = _to_chunks((r, k, v, w), t0, t1, L)
         e_prev, e_rest, e_last = _decays(wg)
         kr, rq = e_rest * kg, rg * e_prev  # k_s exp(c_L - c_s), r_t exp(c_{t-1})
-        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s.
+        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, and the bonus (r_t · (u * k_t)) v_t.
         if L > 1 and bool(e_last.min() >= FAST_FLOOR):
             # Every chunk decays by at most e^-FAST_LOG: one reference (the chunk's start) is safe, exp(c_{t-1}) and
             # exp(-c_s) stay within e^(+-FAST_LOG), so the chunk's pairs are one masked product (relative error
-            # ~ FAST_LOG * eps). Stronger decays take the dyadic form below, exact for any decay.
+            # ~ FAST_LOG * eps), the bonus on its diagonal. Stronger decays take the dyadic form below, exact for
+            # any decay.
             kq = kr / e_last.unsqueeze(-2)  # k_s exp(-c_s)
-            a = (rq @ kq.transpose(-1, -2)) * _strictly_lower(L, r.device, r.dtype)
-            y = a @ vg
-            intra = ("one-reference", kq, a)
-        elif L > 1:  # dyadic products, every exponent <= 0
-            factors, levels = dyadic_factors(wg, inclusive=False), [] if keep is not None else None
-            y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors, keep=levels)
-            intra = ("dyadic", factors, levels)
+            a = (rq @ kq.transpose(-1, -2)).mul_(_strictly_lower(L, r.device, r.dtype))
+            a.diagonal(dim1=-2, dim2=-1).copy_((rg * kg * u[:, None, None, :]).sum(-1))
+            y, bonus, intra = a @ vg, None, ("one-reference", kq, a)
         else:
-            y, intra = None, None
+            # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
+            bonus = (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * v[:, t0:t1]  # (B, Tg, H, V)
+            if L > 1:  # dyadic products, every exponent <= 0
+                factors, levels = dyadic_factors(wg, inclusive=False), [] if keep is not None else None
+                y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors, keep=levels)
+                intra = ("dyadic", factors, levels)
+            else:
+                y, intra = None, None
         # What each chunk adds to the state, and how much of the incoming state survives it.
         chunk_kv = kr.transpose(-1, -2) @ vg  # (B, H, G, N, V)
         incoming = []
@@ -184,8 +186,13 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
         if keep is not None:
             keep.append((e_prev, e_rest, e_last, incoming, intra, rg, kg, vg, kr, rq))
         inter = rq @ incoming  # from the state entering each chunk
-        y = inter if y is None else y + inter
-        y = _from_chunks(y, t1 - t0) + bonus
+        y = inter if y is None else y.add_(inter)
+        if bonus is None and ng * L == t1 - t0 and scale == 1.0:  # straight into the output's slice, one copy
+            o[:, t0:t1].view(b, ng, L, h, -1).permute(0, 3, 1, 2, 4).copy_(y)
+            continue
+        y = _from_chunks(y, t1 - t0)
+        if bonus is not None:
+            y = y + bonus
         o[:, t0:t1] = y * scale if scale != 1.0 else y
     return o, s
 
@@ -209,6 +216,7 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
     group = group_chunks(b, h, L)
     starts = list(range(0, t, group * L))
     drs, dks, dvv = torch.empty_like(r), torch.empty_like(k), torch.empty_like(v)
+    p = r.new_empty(b, t, h, 1)  # dy_t · v_t, the bonus's gradient factor
     adj = torch.zeros_like(s0) if ds is None else ds.to(s0.dtype)
     for gi in reversed(range(len(starts))):
         t0 = starts[gi]
@@ -226,7 +234,10 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         d_v = kr @ g_out
         if intra is not None and intra[0] == "one-reference":  # the masked product's three gradients
             _, kq, a = intra
-            da = (dyg @ vg.transpose(-1, -2)) * _strictly_lower(L, r.device, r.dtype)
+            da = dyg @ vg.transpose(-1, -2)
+            # its diagonal dy_t · v_t is the bonus's gradient factor p (the bonus's dv came with aᵀ dy below)
+            p[:, t0:t1] = _from_chunks(da.diagonal(dim1=-2, dim2=-1).unsqueeze(-1), t1 - t0)
+            da.mul_(_strictly_lower(L, r.device, r.dtype))
             d_r += da @ kq
             d_k += (da.transpose(-1, -2) @ rq) / e_last.unsqueeze(-2)
             d_v += a.transpose(-1, -2) @ dyg
@@ -239,10 +250,11 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
                 _, factors, levels = intra
                 dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors, kept=levels)
         drs[:, t0:t1], dks[:, t0:t1], dvv[:, t0:t1] = (_from_chunks(x, t1 - t0) for x in (d_r, d_k, d_v))
-    p = (v * dy).sum(-1, keepdim=True)  # the bonus term's gradients
-    dr = drs + u * k * p
+        if intra is None or intra[0] != "one-reference":  # the bonus term's p and dv, token by token
+            p[:, t0:t1] = (v[:, t0:t1] * dy[:, t0:t1]).sum(-1, keepdim=True)
+            dvv[:, t0:t1] += (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * dy[:, t0:t1]
+    dr = drs + u * k * p  # the bonus term's gradients
     dk = dks + u * r * p
-    dvv += (r * u * k).sum(-1, keepdim=True) * dy
     du = (r * k * p).sum((0, 1))
     dc = -(k * dks)
     dc[:, :-1] += r[:, 1:] * drs[:, 1:]
