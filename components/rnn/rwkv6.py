@@ -66,21 +66,35 @@ def sqrelu(z: Tensor) -> Tensor:
     return a * a
 
 
+def _lora_products(lora: Tensor, w2: Tensor) -> Tensor:
+    """m_j = lora[:, j-th block] @ w2[j] for the five mixes, (5, N, C): five plain products on column blocks (a
+    batched product of these thin matrices runs at half their rate on the CPU), written in place unless autocast
+    picks their dtype."""
+    r = w2.shape[1]
+    blocks = [lora[:, j * r:(j + 1) * r] for j in range(5)]
+    if torch.is_autocast_enabled(lora.device.type) or lora.dtype != w2.dtype:
+        return torch.stack([blk @ w for blk, w in zip(blocks, w2)])
+    m = lora.new_empty(5, lora.shape[0], w2.shape[2])
+    for j, blk in enumerate(blocks):
+        torch.mm(blk, w2[j], out=m[j])
+    return m
+
+
 class _MixFive(torch.autograd.Function):
-    """The five token-shift mixes x + dx * (maa_j + m_j) (x, dx (N, C); m (5, N, C); maa (5, 1, C)), returned as
-    the w mix (N, C) and the k, v, r, g mixes (4, N, C), with a backward of four passes over the (5, N, C) gradient
-    (autograd through add and addcmul takes seven, one of them a multiplication by addcmul's value 1, and a cat of
-    the two outputs' gradients)."""
+    """The five token-shift mixes x + dx * (maa_j + m_j), m_j = lora_j @ w2_j (x, dx (N, C); lora (N, 5R); w2
+    (5, R, C); maa (5, 1, C)), returned as the w mix (N, C) and the k, v, r, g mixes (4, N, C). Its backward makes
+    four passes over the (5, N, C) gradient (autograd through add and addcmul takes seven, one a multiplication by
+    addcmul's value 1, and a cat of the two outputs' gradients) and the LoRA's products block by block."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, dx: Tensor, m: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
-        z = m + maa
-        ctx.save_for_backward(dx, z)
+    def forward(ctx, x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
+        z = _lora_products(lora, w2) + maa
+        ctx.save_for_backward(dx, z, lora, w2)
         return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
 
     @staticmethod
     def backward(ctx, g_w: Tensor | None, g_kvrg: Tensor | None):
-        dx, z = ctx.saved_tensors
+        dx, z, lora, w2 = ctx.saved_tensors
         g_w = torch.zeros_like(dx) if g_w is None else g_w
         g_kvrg = torch.zeros_like(z[1:]) if g_kvrg is None else g_kvrg
         g_m = torch.empty_like(z)  # written in two slices: the incoming gradients are never copied into one
@@ -88,14 +102,18 @@ class _MixFive(torch.autograd.Function):
         torch.mul(g_kvrg, dx, out=g_m[1:])
         g_x = g_kvrg.sum(0).add_(g_w)
         g_dx = (g_kvrg * z[1:]).sum(0).addcmul_(g_w, z[0])
-        return g_x, g_dx, g_m, g_m.sum(1, keepdim=True)
+        r = w2.shape[1]
+        g_lora = torch.cat([g_m[j] @ w2[j].t() for j in range(5)], 1)
+        g_w2 = torch.stack([lora[:, j * r:(j + 1) * r].t() @ g_m[j] for j in range(5)])
+        return g_x, g_dx, g_lora, g_w2, g_m.sum(1, keepdim=True)
 
 
-def mix_five(x: Tensor, dx: Tensor, m: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
-    """x + dx * (maa_j + m_j) for the five mixes (see :class:`_MixFive`): (w mix (N, C), k/v/r/g mixes (4, N, C))."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dx, m, maa)):
-        return _MixFive.apply(x, dx, m, maa)
-    z = m + maa
+def mix_five(x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
+    """x + dx * (maa_j + lora_j @ w2_j) for the five mixes (see :class:`_MixFive`): (w mix (N, C), k/v/r/g mixes
+    (4, N, C))."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dx, lora, w2, maa)):
+        return _MixFive.apply(x, dx, lora, w2, maa)
+    z = _lora_products(lora, w2) + maa
     return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
 
 
@@ -157,14 +175,13 @@ class TimeMix(nn.Module):
         # The five data-dependent mixes (w, k, v, r, g: the official column order) as one (5, B*T, C) tensor: one
         # addcmul for all of them instead of three elementwise ops each.
         lora = torch.tanh(torch.addcmul(x2, dx, self.time_maa_x.view(1, c)) @ self.time_maa_w1)
-        mix = torch.bmm(lora.view(b * t, 5, -1).transpose(0, 1), self.time_maa_w2)  # (5, B*T, C)
         maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        xw, xkvrg = mix_five(x2, dx, mix, maa)  # x + dx * (maa_j + m_j), j = w and j = k, v, r, g
+        xw, xkvrg = mix_five(x2, dx, lora, self.time_maa_w2, maa)  # x + dx * (maa_j + m_j), j = w / k, v, r, g
         # k, v, r, g in one batched product (weights stacked, transposed views)
         kvrg = torch.bmm(xkvrg, torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
                                              self.gate.weight]).transpose(1, 2))
         k, v, r, gate = (z.view(b, t, h, n) for z in kvrg.unbind(0))
-        decay = torch.addmm(self.time_decay.view(1, c), torch.tanh(xw @ self.time_decay_w1), self.time_decay_w2)
+        decay = self.time_decay.view(1, c) + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         log_w = -torch.exp(decay.float()).view(b, t, h, n)  # log of the per-channel decay exp(-exp(.))
         y, wkv_state = wkv6(r, k, v, log_w, self.time_faaaa, wkv_state, backend=backend, chunk_size=chunk_size)
         dt = torch.promote_types(y.dtype, torch.float32)  # group norm in at least fp32 (bf16 under autocast)

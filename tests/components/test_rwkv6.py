@@ -271,11 +271,12 @@ def test_model_fast_parts_equal_plain_autograd(t):
 
     g = torch.Generator().manual_seed(t)
     x, dx = (torch.randn(t, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    m = torch.randn(5, t, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    lora = torch.randn(t, 5 * 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(5, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
     maa = torch.randn(5, 1, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_MixFive.apply, (x, dx, m, maa))
-    xw, xkvrg = _MixFive.apply(x, dx, m, maa)
-    want = x + dx * (m + maa)
+    assert torch.autograd.gradcheck(_MixFive.apply, (x, dx, lora, w2, maa))
+    xw, xkvrg = _MixFive.apply(x, dx, lora, w2, maa)
+    want = x + dx * (torch.bmm(lora.view(t, 5, 3).transpose(0, 1), w2) + maa)
     assert close(xw, want[0], 1e-14) and close(xkvrg, want[1:], 1e-14)  # addcmul: a fused multiply-add
     z = torch.randn(t, 6, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_SquaredReLU.apply, (z,))
