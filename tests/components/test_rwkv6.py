@@ -264,7 +264,7 @@ def test_one_reference_fp32_at_the_threshold_stays_within_fp32_tolerance():
         assert close(a, b, 4e-6), name
 
 
-@pytest.mark.parametrize("t", [1, 7, 40])
+@pytest.mark.parametrize("t", [1, 9])
 def test_model_fast_parts_equal_plain_autograd(t):
     """The time mix's five-mix Function and the channel mix's squared ReLU against plain autograd, fp64 gradcheck."""
     from aurora.components.rnn.rwkv6 import _MixFive, _SquaredReLU, shift_delta
