@@ -70,12 +70,13 @@ def chunk_sums(g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return e[..., :L, :], e[..., L:2 * L, :], e[..., 2 * L, :]
 
 
-def _dyadic_factors(g: Tensor, inclusive: bool) -> list[tuple[Tensor, Tensor]]:
+def dyadic_factors(g: Tensor, inclusive: bool) -> list[tuple[Tensor, Tensor]]:
     """exp of every level's query- and key-side sums (see :func:`_sum_matrix`): per level (..., nb, half, N) for
-    the right halves' queries and the left halves' keys."""
+    the right halves' queries and the left halves' keys. A forward that keeps them hands them to the backward
+    (``factors=``), which then recomputes neither the product nor the exp."""
     L = g.shape[-2]
     e = (_sum_matrix("dyadic_inclusive" if inclusive else "dyadic", L, g.device, g.dtype) @ g).exp()
-    lead, out, bs = e.shape[:-2], [], L
+    out, bs = [], L
     for j in range(e.shape[-2] // L):
         half = bs // 2
         lv = e[..., j * L:(j + 1) * L, :]
@@ -84,7 +85,11 @@ def _dyadic_factors(g: Tensor, inclusive: bool) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
-def dyadic_intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor, inclusive: bool) -> Tensor:
+_dyadic_factors = dyadic_factors
+
+
+def dyadic_intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor, inclusive: bool,
+                 factors: list[tuple[Tensor, Tensor]] | None = None, keep: list | None = None) -> Tensor:
     """Sum over s < t of (q_t · (k_s * exp(D[t, s]))) v_s inside each chunk, as matrix products.
 
     q, k, g: (..., L, N), v: (..., L, V), L a power of two; ``g`` the per-token log decays (<= 0) and
@@ -95,12 +100,15 @@ def dyadic_intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor, inclusive: bool) ->
     directly inside its half (never as a difference of two long cumulative sums, which loses |sum| * 1e-7 in
     fp32; all levels' sums come from one product with a constant 0/1 matrix). So each level is one batched
     (b/2 x N) @ (N x b/2) product of factors <= 1: exact for any decay (no overflow, unlike the one-reference
-    ``q * exp(c)``, ``k * exp(-c)`` form), log2(L) products in all instead of an L x L x N elementwise tensor."""
+    ``q * exp(c)``, ``k * exp(-c)`` form), log2(L) products in all instead of an L x L x N elementwise tensor.
+    The last level (pairs of neighbours, 1 x 1 blocks) is elementwise: a batched product of 1 x 1 matrices costs
+    more than the multiply-and-sum. ``factors``: :func:`dyadic_factors` of ``g`` if already computed; ``keep``
+    (a list) receives each level's decayed queries, keys and pair scores for :func:`dyadic_intra_backward`."""
     L = q.shape[-2]
     lead = q.shape[:-2]
     y = v.new_zeros(*lead, L, v.shape[-1])
     bs = L
-    for q_exp, k_exp in _dyadic_factors(g, inclusive):
+    for q_exp, k_exp in (factors if factors is not None else dyadic_factors(g, inclusive)):
         half, nb = bs // 2, L // bs
 
         def blocks(x: Tensor) -> Tensor:
@@ -109,32 +117,50 @@ def dyadic_intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor, inclusive: bool) ->
         qq = blocks(q)[..., half:, :] * q_exp
         kk = blocks(k)[..., :half, :] * k_exp
         yb = y.view(*lead, nb, bs, y.shape[-1])
-        yb[..., half:, :] += (qq @ kk.transpose(-1, -2)) @ blocks(v)[..., :half, :]
+        a = (qq * kk).sum(-1, keepdim=True) if half == 1 else qq @ kk.transpose(-1, -2)
+        if half == 1:
+            yb[..., 1:, :] += a * blocks(v)[..., :1, :]
+        else:
+            yb[..., half:, :] += a @ blocks(v)[..., :half, :]
+        if keep is not None:
+            keep.append((qq, kk, a))
         bs = half
     return y
 
 
 def dyadic_intra_backward(q: Tensor, k: Tensor, v: Tensor, g: Tensor, do: Tensor, dq: Tensor, dk: Tensor,
-                          dv: Tensor, inclusive: bool = False) -> None:
+                          dv: Tensor, inclusive: bool = False,
+                          factors: list[tuple[Tensor, Tensor]] | None = None, kept: list | None = None) -> None:
     """Adds to ``dq``, ``dk``, ``dv`` (shaped as q, k, v, contiguous) the gradients of :func:`dyadic_intra` for the
     output gradient ``do``, at fixed decays: the same dyadic blocks and factors (all <= 1), each level's pairs
     A = qq kkᵀ read backwards (dv += Aᵀ do) and the score do vᵀ sent to both sides (dq += e_q * (S kk),
-    dk += e_k * (Sᵀ qq)). The decays' own gradient follows from these (RWKV-6: its dC formula)."""
+    dk += e_k * (Sᵀ qq)). The decays' own gradient follows from these (RWKV-6: its dC formula). ``factors``:
+    the forward's :func:`dyadic_factors` (``g`` is then not read); ``kept``: what :func:`dyadic_intra` put in its
+    ``keep`` list (then neither the decayed queries and keys nor the pair scores are recomputed)."""
     L = q.shape[-2]
     lead = q.shape[:-2]
     bs = L
-    for q_exp, k_exp in _dyadic_factors(g, inclusive):
+    for level, (qe, ke) in enumerate(factors if factors is not None else dyadic_factors(g, inclusive)):
         half, nb = bs // 2, L // bs
 
         def blocks(x: Tensor) -> Tensor:
             return x.view(*lead, nb, bs, x.shape[-1])
 
-        qe, ke = q_exp, k_exp
-        qq = blocks(q)[..., half:, :] * qe
-        kk = blocks(k)[..., :half, :] * ke
+        if kept is not None:
+            qq, kk, a = kept[level]
+        else:
+            qq = blocks(q)[..., half:, :] * qe
+            kk = blocks(k)[..., :half, :] * ke
+            a = (qq * kk).sum(-1, keepdim=True) if half == 1 else qq @ kk.transpose(-1, -2)
         do_r = blocks(do)[..., half:, :]
-        score = do_r @ blocks(v)[..., :half, :].transpose(-1, -2)  # (..., nb, half, half)
-        blocks(dv)[..., :half, :] += (qq @ kk.transpose(-1, -2)).transpose(-1, -2) @ do_r
-        blocks(dq)[..., half:, :] += qe * (score @ kk)
-        blocks(dk)[..., :half, :] += ke * (score.transpose(-1, -2) @ qq)
+        if half == 1:  # neighbours: 1 x 1 blocks, elementwise
+            score = (do_r * blocks(v)[..., :1, :]).sum(-1, keepdim=True)
+            blocks(dv)[..., :1, :] += a * do_r
+            blocks(dq)[..., 1:, :] += qe * (score * kk)
+            blocks(dk)[..., :1, :] += ke * (score * qq)
+        else:
+            score = do_r @ blocks(v)[..., :half, :].transpose(-1, -2)  # (..., nb, half, half)
+            blocks(dv)[..., :half, :] += a.transpose(-1, -2) @ do_r
+            blocks(dq)[..., half:, :] += qe * (score @ kk)
+            blocks(dk)[..., :half, :] += ke * (score.transpose(-1, -2) @ qq)
         bs = half

@@ -19,12 +19,15 @@ float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aurora.kernels.chunking import (chunk_sums, dyadic_intra, dyadic_intra_backward, group_chunks,
-                                     pow2_at_least)
+from aurora.kernels.chunking import (chunk_sums, dyadic_factors, dyadic_intra, dyadic_intra_backward,
+                                     group_chunks, pow2_at_least)
 
 BACKENDS = ("auto", "chunked", "recurrent", "fla")
 
@@ -104,7 +107,8 @@ def wkv6_chunked(
 
 
 def _to_chunks(xs: tuple[Tensor, ...], t0: int, t1: int, L: int) -> tuple[list[Tensor], int]:
-    """Tokens t0:t1 of each (B, T, H, D) tensor, zero-padded to whole chunks, as (B, H, G, L, D); and G."""
+    """Tokens t0:t1 of each (B, T, H, D) tensor, zero-padded to whole chunks, as contiguous (B, H, G, L, D) (one
+    copy each: every later product and block view reads them without another); and G."""
     ng = -(-(t1 - t0) // L)
     pad = ng * L - (t1 - t0)
     out = []
@@ -112,7 +116,7 @@ def _to_chunks(xs: tuple[Tensor, ...], t0: int, t1: int, L: int) -> tuple[list[T
         x = x[:, t0:t1]
         if pad:  # padded tokens have k = 0 (add nothing) and log decay 0 (keep the state as it is)
             x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        out.append(x.reshape(x.shape[0], ng, L, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4))
+        out.append(x.reshape(x.shape[0], ng, L, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4).contiguous())
     return out, ng
 
 
@@ -120,6 +124,18 @@ def _from_chunks(x: Tensor, n_tokens: int) -> Tensor:
     """(B, H, G, L, D) -> (B, n_tokens, H, D): the inverse of :func:`_to_chunks`."""
     b, h, g, L, d = x.shape
     return x.permute(0, 2, 3, 1, 4).reshape(b, g * L, h, d)[:, :n_tokens]
+
+
+# The one-reference intra-chunk product is used when every chunk's total log decay is >= -FAST_LOG.
+FAST_LOG = 20.0
+FAST_FLOOR = math.exp(-FAST_LOG)
+
+
+@functools.lru_cache(maxsize=32)
+def _strictly_lower(L: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The (L, L) 0/1 mask of the pairs s < t inside a chunk."""
+    with torch.inference_mode(False):  # a cached constant made under inference_mode could not enter autograd later
+        return torch.ones(L, L).tril(-1).to(device=device, dtype=dtype)
 
 
 def _decays(wg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -131,31 +147,52 @@ def _decays(wg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | None = None
                           ) -> tuple[Tensor, Tensor]:
     """The chunked forward; ``keep`` (a list) receives, per group of chunks, what the backward reuses: the decay
-    factors and the state entering each chunk."""
+    factors (chunk and dyadic), the state entering each chunk and the chunked r, k, v."""
     b, t, h, _ = r.shape
     group = group_chunks(b, h, L)
     # Preallocated output, filled one group of chunks at a time: no temporary scales with T.
     o = r.new_empty(b, t, h, v.shape[-1])
     for t0 in range(0, t, group * L):
         t1 = min(t, t0 + group * L)
-        # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
-        bonus = (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * v[:, t0:t1]  # (B, Tg, H, V)
         (rg, kg, vg, wg), ng = _to_chunks((r, k, v, w), t0, t1, L)
         e_prev, e_rest, e_last = _decays(wg)
-        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, every exponent <= 0 (dyadic products).
-        y = dyadic_intra(rg, kg, vg, wg, inclusive=False) if L > 1 else None
+        kr, rq = e_rest * kg, rg * e_prev  # k_s exp(c_L - c_s), r_t exp(c_{t-1})
+        # Intra-chunk: sum_{s<t} (r_t · k_s exp(c_{t-1} - c_s)) v_s, and the bonus (r_t · (u * k_t)) v_t.
+        if L > 1 and bool(e_last.min() >= FAST_FLOOR):
+            # Every chunk decays by at most e^-FAST_LOG: one reference (the chunk's start) is safe, exp(c_{t-1}) and
+            # exp(-c_s) stay within e^(+-FAST_LOG), so the chunk's pairs are one masked product (relative error
+            # ~ FAST_LOG * eps), the bonus on its diagonal. Stronger decays take the dyadic form below, exact for
+            # any decay.
+            kq = kr / e_last.unsqueeze(-2)  # k_s exp(-c_s)
+            a = (rq @ kq.transpose(-1, -2)).mul_(_strictly_lower(L, r.device, r.dtype))
+            a.diagonal(dim1=-2, dim2=-1).copy_((rg * kg * u[:, None, None, :]).sum(-1))
+            y, bonus, intra = a @ vg, None, ("one-reference", kq, a)
+        else:
+            # The bonus term is diagonal in time: (r_t · (u * k_t)) v_t.
+            bonus = (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * v[:, t0:t1]  # (B, Tg, H, V)
+            if L > 1:  # dyadic products, every exponent <= 0
+                factors, levels = dyadic_factors(wg, inclusive=False), [] if keep is not None else None
+                y = dyadic_intra(rg, kg, vg, wg, inclusive=False, factors=factors, keep=levels)
+                intra = ("dyadic", factors, levels)
+            else:
+                y, intra = None, None
         # What each chunk adds to the state, and how much of the incoming state survives it.
-        chunk_kv = (e_rest * kg).transpose(-1, -2) @ vg  # (B, H, G, N, V)
+        chunk_kv = kr.transpose(-1, -2) @ vg  # (B, H, G, N, V)
         incoming = []
         for i in range(ng):  # the only sequential part: one cheap update per chunk
             incoming.append(s)
             s = e_last[:, :, i, :, None] * s + chunk_kv[:, :, i]
         incoming = torch.stack(incoming, 2)
         if keep is not None:
-            keep.append((e_prev, e_rest, e_last, incoming))
-        inter = (rg * e_prev) @ incoming  # from the state entering each chunk
-        y = inter if y is None else y + inter
-        y = _from_chunks(y, t1 - t0) + bonus
+            keep.append((e_prev, e_rest, e_last, incoming, intra, rg, kg, vg, kr, rq))
+        inter = rq @ incoming  # from the state entering each chunk
+        y = inter if y is None else y.add_(inter)
+        if bonus is None and ng * L == t1 - t0 and scale == 1.0:  # straight into the output's slice, one copy
+            o[:, t0:t1].view(b, ng, L, h, -1).permute(0, 3, 1, 2, 4).copy_(y)
+            continue
+        y = _from_chunks(y, t1 - t0)
+        if bonus is not None:
+            y = y + bonus
         o[:, t0:t1] = y * scale if scale != 1.0 else y
     return o, s
 
@@ -179,29 +216,45 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
     group = group_chunks(b, h, L)
     starts = list(range(0, t, group * L))
     drs, dks, dvv = torch.empty_like(r), torch.empty_like(k), torch.empty_like(v)
+    p = r.new_empty(b, t, h, 1)  # dy_t · v_t, the bonus's gradient factor
     adj = torch.zeros_like(s0) if ds is None else ds.to(s0.dtype)
     for gi in reversed(range(len(starts))):
         t0 = starts[gi]
         t1 = min(t, t0 + group * L)
-        (rg, kg, vg, wg, dyg), ng = _to_chunks((r, k, v, w, dy), t0, t1, L)
-        e_prev, e_rest, e_last, s_in = saved[gi]
-        kr, rq = kg * e_rest, rg * e_prev
+        (dyg,), ng = _to_chunks((dy,), t0, t1, L)
+        e_prev, e_rest, e_last, s_in, intra, rg, kg, vg, kr, rq = saved[gi]
         rq_dy = rq.transpose(-1, -2) @ dyg  # what each chunk's outputs ask of the state entering it
         g_out = [None] * ng
         for i in reversed(range(ng)):  # the adjoint: gradient with respect to the state leaving each chunk
             g_out[i] = adj
             adj = e_last[:, :, i, :, None] * adj + rq_dy[:, :, i]
         g_out = torch.stack(g_out, 2)  # (B, H, G, N, V)
-        d_r = (dyg @ s_in.transpose(-1, -2)) * e_prev
-        d_k = (vg @ g_out.transpose(-1, -2)) * e_rest
+        d_r = dyg @ s_in.transpose(-1, -2)
+        d_k = vg @ g_out.transpose(-1, -2)
         d_v = kr @ g_out
-        if L > 1:
-            dyadic_intra_backward(rg, kg, vg, wg, dyg, d_r, d_k, d_v)
+        if intra is not None and intra[0] == "one-reference":  # the masked product's three gradients
+            _, kq, a = intra
+            da = dyg @ vg.transpose(-1, -2)
+            # its diagonal dy_t · v_t is the bonus's gradient factor p (the bonus's dv came with aᵀ dy below)
+            p[:, t0:t1] = _from_chunks(da.diagonal(dim1=-2, dim2=-1).unsqueeze(-1), t1 - t0)
+            da.mul_(_strictly_lower(L, r.device, r.dtype))
+            d_r += da @ kq
+            d_k += (da.transpose(-1, -2) @ rq) / e_last.unsqueeze(-2)
+            d_v += a.transpose(-1, -2) @ dyg
+            d_r *= e_prev
+            d_k *= e_rest
+        else:
+            d_r *= e_prev
+            d_k *= e_rest
+            if intra is not None:
+                _, factors, levels = intra
+                dyadic_intra_backward(rg, kg, vg, None, dyg, d_r, d_k, d_v, factors=factors, kept=levels)
         drs[:, t0:t1], dks[:, t0:t1], dvv[:, t0:t1] = (_from_chunks(x, t1 - t0) for x in (d_r, d_k, d_v))
-    p = (v * dy).sum(-1, keepdim=True)  # the bonus term's gradients
-    dr = drs + u * k * p
+        if intra is None or intra[0] != "one-reference":  # the bonus term's p and dv, token by token
+            p[:, t0:t1] = (v[:, t0:t1] * dy[:, t0:t1]).sum(-1, keepdim=True)
+            dvv[:, t0:t1] += (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * dy[:, t0:t1]
+    dr = drs + u * k * p  # the bonus term's gradients
     dk = dks + u * r * p
-    dvv += (r * u * k).sum(-1, keepdim=True) * dy
     du = (r * k * p).sum((0, 1))
     dc = -(k * dks)
     dc[:, :-1] += r[:, 1:] * drs[:, 1:]

@@ -22,7 +22,10 @@ Every round times, for every backbone in turn (interleaved, so machine load hits
   included), ``rnn`` (the language model's blocks, forward and backward), ``head+loss`` (final logits at the
   answer positions, cross-entropy, forward and backward), ``optimizer`` (AdamW step + zero_grad).
 
-Figures are medians over ``--repeat`` rounds after ``--warmup`` untimed ones, in ms, at ``--threads`` threads.
+Figures are medians over ``--repeat`` rounds after ``--warmup`` untimed ones, in ms, at ``--threads`` threads,
+twice: wall-clock time and the process's CPU time (``time.process_time``). On a shared machine the wall clock also
+counts the time the process waited for a core; the CPU time does not (at one thread it is the work done), so its
+ratios move far less with the load.
 """
 from __future__ import annotations
 
@@ -110,14 +113,16 @@ class StepBench:
 
         from aurora.types import IGNORE_INDEX
 
-        m, b, clock = self.model, self.batch, time.perf_counter
-        t = {}
+        m, b = self.model, self.batch
+
+        def clock() -> tuple[float, float]:
+            return time.perf_counter(), time.process_time()
+
         t0 = clock()
         with torch.set_grad_enabled(not self.frozen_vision):
             vt = m.vision.encode_videos(b["pixels"], None)
         tokens = vt.tokens.reshape(b["pixels"].shape[0], -1, vt.tokens.shape[-1])
         t1 = clock()
-        t["vision"] = t1 - t0
         video = m.projector(tokens)
         embeds, labels = m.splice(b["input_ids"], video, b["labels"])
         t2 = clock()
@@ -131,16 +136,17 @@ class StepBench:
         loss = F.cross_entropy(logits, targets[mask])
         loss.backward()
         t4 = clock()
-        t["head+loss"] = t4 - t3
         hidden.backward(leaf_out.grad)
         t5 = clock()
-        t["rnn"] = (t3 - t2) + (t5 - t4)
         embeds.backward(leaf_in.grad)  # an encoder that trains has its backward here too
         t6 = clock()
-        t["projector"] = (t2 - t1) + (t6 - t5)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        t["optimizer"] = clock() - t6
+        t7 = clock()
+        spans = {"vision": [(t0, t1)], "projector": [(t1, t2), (t5, t6)], "rnn": [(t2, t3), (t4, t5)],
+                 "head+loss": [(t3, t4)], "optimizer": [(t6, t7)]}
+        t = {p: sum(b[0] - a[0] for a, b in v) for p, v in spans.items()}
+        self.parts_cpu = {p: sum(b[1] - a[1] for a, b in v) for p, v in spans.items()}  # CPU seconds per part
         return t, float(loss)
 
 
@@ -171,40 +177,54 @@ def run_step_bench(recipe: str, backbones: list[str], batch_size: int, frames: i
             video, _ = bench.model.encode_video(batch["pixels"])
             seq[name] = bench.model.splice(batch["input_ids"], video)[0].shape[1]
     steps: dict[str, list[float]] = {n: [] for n in benches}
+    steps_cpu: dict[str, list[float]] = {n: [] for n in benches}
     parts: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PARTS} for n in benches}
+    parts_cpu: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PARTS} for n in benches}
     for r in range(repeat):
         for name, bench in benches.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             bench.step()
             steps[name].append(time.perf_counter() - t0)
+            steps_cpu[name].append(time.process_time() - c0)
             got, _ = bench.parts()
             for p, s in got.items():
                 parts[name][p].append(s)
+                parts_cpu[name][p].append(bench.parts_cpu[p])
         log(f"round {r + 1}/{repeat}: " + ", ".join(f"{n} {steps[n][-1] * 1e3:.0f} ms" for n in benches))
     records = []
     for name, bench in benches.items():
         n_params = sum(p.numel() for p in bench.model.rnn.parameters())
         med = {p: statistics.median(v) * 1e3 for p, v in parts[name].items()}
+        med_cpu = {p: statistics.median(v) * 1e3 for p, v in parts_cpu[name].items()}
         records.append({
             "backbone": name, "rnn": bench.model.rnn.__class__.__name__, "rnn_params": n_params,
             "tokens": int(seq[name]), "step_ms": statistics.median(steps[name]) * 1e3,
             "step_ms_min": min(steps[name]) * 1e3, "parts_ms": med, "parts_total_ms": sum(med.values()),
+            "step_cpu_ms": statistics.median(steps_cpu[name]) * 1e3, "step_cpu_ms_min": min(steps_cpu[name]) * 1e3,
+            "parts_cpu_ms": med_cpu, "parts_cpu_total_ms": sum(med_cpu.values()),
         })
     base = next((r for r in records if r["backbone"] == "transformer"), None)
     for r in records:
         r["step_vs_transformer"] = r["step_ms"] / base["step_ms"] if base else None
+        r["step_cpu_vs_transformer"] = r["step_cpu_ms"] / base["step_cpu_ms"] if base else None
     return {"bench": "step", "recipe": recipe, "batch": batch_size, "frames": frames, "threads": threads,
             "repeat": repeat, "torch": torch.__version__, "machine": platform.machine(),
             "rnn_specs": {n: _rnn_spec(dict(model_cfg["rnn"]), n) for n in backbones}, "records": records}
 
 
 def format_step(payload: dict[str, Any]) -> str:
-    head = f"{'backbone':<12} {'tokens':>6} {'step ms':>8} {'vs tf':>6} " + " ".join(f"{p:>10}" for p in PARTS)
-    lines = [head + f" {'sum':>7}"]
-    for r in payload["records"]:
-        ratio = f"{r['step_vs_transformer']:.2f}" if r["step_vs_transformer"] is not None else "-"
-        lines.append(f"{r['backbone']:<12} {r['tokens']:>6} {r['step_ms']:>8.1f} {ratio:>6} "
-                     + " ".join(f"{r['parts_ms'][p]:>10.1f}" for p in PARTS) + f" {r['parts_total_ms']:>7.1f}")
+    lines = []
+    for clock, key, parts_key, total_key, ratio_key in (
+            ("wall", "step_ms", "parts_ms", "parts_total_ms", "step_vs_transformer"),
+            ("cpu", "step_cpu_ms", "parts_cpu_ms", "parts_cpu_total_ms", "step_cpu_vs_transformer")):
+        if any(key not in r for r in payload["records"]):
+            continue
+        head = f"{clock:<5}{'backbone':<12} {'tokens':>6} {'step ms':>8} {'vs tf':>6} " + " ".join(f"{p:>10}" for p in PARTS)
+        lines.append(head + f" {'sum':>7}")
+        for r in payload["records"]:
+            ratio = f"{r[ratio_key]:.2f}" if r.get(ratio_key) is not None else "-"
+            lines.append(f"{clock:<5}{r['backbone']:<12} {r['tokens']:>6} {r[key]:>8.1f} {ratio:>6} "
+                         + " ".join(f"{r[parts_key][p]:>10.1f}" for p in PARTS) + f" {r[total_key]:>7.1f}")
     return "\n".join(lines)
 
 
@@ -230,7 +250,7 @@ def bench_step_main(argv: list[str]) -> int:
     payload = run_step_bench(args.config, args.backbones, args.batch, args.frames, args.threads, args.repeat,
                              args.warmup, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"training step: {args.config}, batch {args.batch}, {payload['frames']} frames, {args.threads} thread(s), "
-          f"median of {args.repeat} interleaved rounds, ms, torch {payload['torch']}")
+          f"median of {args.repeat} interleaved rounds, ms (wall clock and process CPU time), torch {payload['torch']}")
     print(format_step(payload))
     if args.json:
         from aurora.io import write_json

@@ -34,6 +34,89 @@ from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 
 
+def shift_delta(x: Tensor, last: Tensor | None) -> Tensor:
+    """x_{t-1} - x_t for every t of ``x`` (B, T, C) (the token shift's difference), with the carried last token
+    ``last`` (B, C) in front (zeros at the start): one pad and one subtraction."""
+    if last is None:
+        return F.pad(x, (0, 0, 1, -1)) - x
+    return token_shift(x, last) - x
+
+
+class _SquaredReLU(torch.autograd.Function):
+    """relu(z) ** 2 with the backward 2 relu(z) * grad: two elementwise ops each way (autograd through relu and pow
+    takes five, and keeps two tensors)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        a = torch.relu(z)
+        ctx.save_for_backward(a)
+        return a * a
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (a,) = ctx.saved_tensors
+        return (a + a) * grad
+
+
+def sqrelu(z: Tensor) -> Tensor:
+    """The channel mix's squared ReLU (custom backward when autograd records, plain ops otherwise)."""
+    if torch.is_grad_enabled() and z.requires_grad:
+        return _SquaredReLU.apply(z)
+    a = torch.relu(z)
+    return a * a
+
+
+def _lora_products(lora: Tensor, w2: Tensor) -> Tensor:
+    """m_j = lora[:, j-th block] @ w2[j] for the five mixes, (5, N, C): five plain products on column blocks (a
+    batched product of these thin matrices runs at half their rate on the CPU), written in place unless autocast
+    picks their dtype."""
+    r = w2.shape[1]
+    blocks = [lora[:, j * r:(j + 1) * r] for j in range(5)]
+    if torch.is_autocast_enabled(lora.device.type) or lora.dtype != w2.dtype:
+        return torch.stack([blk @ w for blk, w in zip(blocks, w2)])
+    m = lora.new_empty(5, lora.shape[0], w2.shape[2])
+    for j, blk in enumerate(blocks):
+        torch.mm(blk, w2[j], out=m[j])
+    return m
+
+
+class _MixFive(torch.autograd.Function):
+    """The five token-shift mixes x + dx * (maa_j + m_j), m_j = lora_j @ w2_j (x, dx (N, C); lora (N, 5R); w2
+    (5, R, C); maa (5, 1, C)), returned as the w mix (N, C) and the k, v, r, g mixes (4, N, C). Its backward makes
+    four passes over the (5, N, C) gradient (autograd through add and addcmul takes seven, one a multiplication by
+    addcmul's value 1, and a cat of the two outputs' gradients) and the LoRA's products block by block."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
+        z = _lora_products(lora, w2) + maa
+        ctx.save_for_backward(dx, z, lora, w2)
+        return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
+
+    @staticmethod
+    def backward(ctx, g_w: Tensor | None, g_kvrg: Tensor | None):
+        dx, z, lora, w2 = ctx.saved_tensors
+        g_w = torch.zeros_like(dx) if g_w is None else g_w
+        g_kvrg = torch.zeros_like(z[1:]) if g_kvrg is None else g_kvrg
+        g_m = torch.empty_like(z)  # written in two slices: the incoming gradients are never copied into one
+        torch.mul(g_w, dx, out=g_m[0])
+        torch.mul(g_kvrg, dx, out=g_m[1:])
+        g_x = g_kvrg.sum(0).add_(g_w)
+        g_dx = (g_kvrg * z[1:]).sum(0).addcmul_(g_w, z[0])
+        r = w2.shape[1]
+        g_lora = torch.cat([g_m[j] @ w2[j].t() for j in range(5)], 1)
+        g_w2 = torch.stack([lora[:, j * r:(j + 1) * r].t() @ g_m[j] for j in range(5)])
+        return g_x, g_dx, g_lora, g_w2, g_m.sum(1, keepdim=True)
+
+
+def mix_five(x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
+    """x + dx * (maa_j + lora_j @ w2_j) for the five mixes (see :class:`_MixFive`): (w mix (N, C), k/v/r/g mixes
+    (4, N, C))."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dx, lora, w2, maa)):
+        return _MixFive.apply(x, dx, lora, w2, maa)
+    z = _lora_products(lora, w2) + maa
+    return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
+
+
 class TimeMix(nn.Module):
     def __init__(self, d_model: int, n_head: int, layer_id: int, n_layer: int, mix_lora: int, decay_lora: int,
                  ln_x_eps: float = 64e-5):
@@ -87,25 +170,24 @@ class TimeMix(nn.Module):
     def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None, backend: str, chunk_size: int):
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        dx = token_shift(x, shift) - x
-        lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1).view(b * t, 5, -1).transpose(0, 1)
-        mw, mk, mv, mr, mg = torch.bmm(lora, self.time_maa_w2).view(5, b, t, c).unbind(0)
-        xw = x + dx * (self.time_maa_w + mw)
-        xk = x + dx * (self.time_maa_k + mk)
-        xv = x + dx * (self.time_maa_v + mv)
-        xr = x + dx * (self.time_maa_r + mr)
-        xg = x + dx * (self.time_maa_g + mg)
-        r = self.receptance(xr).view(b, t, h, n)
-        k = self.key(xk).view(b, t, h, n)
-        v = self.value(xv).view(b, t, h, n)
-        g = F.silu(self.gate(xg))
-        decay = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        x2 = x.reshape(b * t, c)
+        dx = shift_delta(x, shift).view(b * t, c)
+        # The five data-dependent mixes (w, k, v, r, g: the official column order) as one (5, B*T, C) tensor: one
+        # addcmul for all of them instead of three elementwise ops each.
+        lora = torch.tanh(torch.addcmul(x2, dx, self.time_maa_x.view(1, c)) @ self.time_maa_w1)
+        maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        xw, xkvrg = mix_five(x2, dx, lora, self.time_maa_w2, maa)  # x + dx * (maa_j + m_j), j = w / k, v, r, g
+        # k, v, r, g in one batched product (weights stacked, transposed views)
+        kvrg = torch.bmm(xkvrg, torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
+                                             self.gate.weight]).transpose(1, 2))
+        k, v, r, gate = (z.view(b, t, h, n) for z in kvrg.unbind(0))
+        decay = self.time_decay.view(1, c) + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         log_w = -torch.exp(decay.float()).view(b, t, h, n)  # log of the per-channel decay exp(-exp(.))
         y, wkv_state = wkv6(r, k, v, log_w, self.time_faaaa, wkv_state, backend=backend, chunk_size=chunk_size)
         dt = torch.promote_types(y.dtype, torch.float32)  # group norm in at least fp32 (bf16 under autocast)
         y = F.group_norm(y.reshape(b * t, c).to(dt), h, self.ln_x.weight.to(dt), self.ln_x.bias.to(dt), self.ln_x.eps)
-        y = y.view(b, t, c).to(x.dtype)
-        return self.output(y * g), x[:, -1], wkv_state
+        y = y.to(x.dtype) * F.silu(gate.reshape(b * t, c))
+        return self.output(y).view(b, t, c), x[:, -1], wkv_state
 
 
 class ChannelMix(nn.Module):
@@ -126,9 +208,9 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.value.weight)
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
-        dx = token_shift(x, shift) - x
-        k = torch.relu(self.key(x + dx * self.time_maa_k)) ** 2
-        return torch.sigmoid(self.receptance(x + dx * self.time_maa_r)) * self.value(k), x[:, -1]
+        dx = shift_delta(x, shift)
+        k = sqrelu(self.key(torch.addcmul(x, dx, self.time_maa_k)))
+        return torch.sigmoid(self.receptance(torch.addcmul(x, dx, self.time_maa_r))) * self.value(k), x[:, -1]
 
 
 class Block(nn.Module):

@@ -217,3 +217,72 @@ def test_chunked_backward_over_several_groups_equals_recurrent_autograd():
     got = run(lambda *a: wkv6_chunked(*a, chunk_size=16, scale=0.5))
     for name, a, b in zip("o s r k v w u s0".split(), got, want):
         assert close(a, b, 1e-9), name
+
+
+def test_one_reference_and_dyadic_passes_mix_in_one_call_and_equal_the_steps(monkeypatch):
+    """Passes whose chunks all decay by at most e^-20 take the one-reference masked product, the others the dyadic
+    form: one call with both (weak decays first, strong after), fp64, outputs, state and every gradient."""
+    import aurora.kernels.rwkv6 as K
+
+    r, k, v, w, u, s0 = inputs(b=2, t=37, h=2, n=4, decay="weak")
+    w = torch.where(torch.arange(37).view(1, -1, 1, 1) < 16, w.clamp(min=-2.0), -(50 + w.abs()))
+    monkeypatch.setattr(K, "group_chunks", lambda b, h, L: 2)  # 5 chunks of 8: passes of 2, 2, 1 chunks
+    calls = []
+    real = K.dyadic_intra
+    monkeypatch.setattr(K, "dyadic_intra", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def run(fn):
+        xs = [x.clone().requires_grad_(True) for x in (r, k, v, w, u, s0)]
+        o, s = fn(*xs)
+        (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum().add(s.pow(2).sum()).backward()
+        return [o, s] + [x.grad for x in xs]
+
+    got = run(lambda *a: wkv6_chunked(*a, chunk_size=8, scale=0.7))
+    assert len(calls) == 2  # the first pass (tokens 0-15, weak) took the one-reference product
+    want = run(lambda *a: wkv6_recurrent(*a, scale=0.7))
+    for name, a, b in zip("o s r k v w u s0".split(), got, want):
+        assert close(a, b, 1e-9), name
+
+
+def test_one_reference_fp32_at_the_threshold_stays_within_fp32_tolerance():
+    """Chunk decays just inside e^-20 (the most the one-reference product accepts), fp32 against fp64 steps; the
+    worst case for its factors exp(c_{t-1}) exp(-c_s): a strong decay first in each chunk, weak ones after (both
+    factors far from 1, their product near it)."""
+    r, k, v, w, u, s0 = inputs(b=2, t=64, h=2, n=8, decay="weak")
+    weak = -0.9 / 15 * torch.rand(w.shape, generator=torch.Generator().manual_seed(1), dtype=w.dtype)
+    w = torch.where(torch.arange(64).view(1, -1, 1, 1) % 16 == 0, -19.0, weak)
+
+    def run(fn, dtype):
+        xs = [x.to(dtype).requires_grad_(True) for x in (r, k, v, w, u, s0)]
+        o, s = fn(*xs)
+        (o * torch.linspace(-1, 1, o.numel(), dtype=dtype).view_as(o)).sum().add(s.pow(2).sum()).backward()
+        return [o, s] + [x.grad for x in xs]
+
+    got = run(lambda *a: wkv6_chunked(*a, chunk_size=16), torch.float32)
+    want = run(wkv6_recurrent, torch.float64)
+    for name, a, b in zip("o s r k v w u s0".split(), got, want):  # measured: <= 1.6e-6 (7.5e-6 at e^-80)
+        assert close(a, b, 4e-6), name
+
+
+@pytest.mark.parametrize("t", [1, 9])
+def test_model_fast_parts_equal_plain_autograd(t):
+    """The time mix's five-mix Function and the channel mix's squared ReLU against plain autograd, fp64 gradcheck."""
+    from aurora.components.rnn.rwkv6 import _MixFive, _SquaredReLU, shift_delta
+
+    g = torch.Generator().manual_seed(t)
+    x, dx = (torch.randn(t, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lora = torch.randn(t, 5 * 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(5, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    maa = torch.randn(5, 1, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_MixFive.apply, (x, dx, lora, w2, maa))
+    xw, xkvrg = _MixFive.apply(x, dx, lora, w2, maa)
+    want = x + dx * (torch.bmm(lora.view(t, 5, 3).transpose(0, 1), w2) + maa)
+    assert close(xw, want[0], 1e-14) and close(xkvrg, want[1:], 1e-14)  # addcmul: a fused multiply-add
+    z = torch.randn(t, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SquaredReLU.apply, (z,))
+    assert torch.equal(_SquaredReLU.apply(z), torch.relu(z) ** 2)
+    seq = torch.randn(2, t, 6, generator=g, dtype=torch.float64)
+    last = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    prev = torch.cat([torch.zeros(2, 1, 6, dtype=torch.float64), seq[:, :-1]], 1)
+    assert torch.equal(shift_delta(seq, None), prev - seq)
+    assert torch.equal(shift_delta(seq, last), torch.cat([last[:, None], seq[:, :-1]], 1) - seq)
