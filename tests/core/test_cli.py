@@ -1,4 +1,9 @@
-"""The `aurora` command end to end: recipes parse, a 2-step fit runs through the Lightning CLI, errors are clear."""
+"""The `aurora` command end to end: recipes parse, a 2-step fit runs through the Lightning CLI, errors are clear.
+
+The Lightning commands run in this process (tests/_cli.py: the same ``aurora.cli.main`` the console script calls,
+its exit code, stdout and stderr); a subprocess each paid the imports again, 40-50 s a command on the loaded CI
+machine. test_broken_yaml_is_reported and test_pretrain_vision_help_names_itself still start the real
+``python -m aurora.cli``."""
 import json
 import os
 import subprocess
@@ -7,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from _cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo.yaml"
@@ -28,8 +35,8 @@ def aurora(*args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_print_config_resolves_the_demo_recipe(tmp_path):
-    r = aurora("fit", "--config", DEMO, "--print_config", cwd=tmp_path)
+def test_print_config_resolves_the_demo_recipe(tmp_path, capfd):
+    r = run_cli("fit", "--config", DEMO, "--print_config", cwd=tmp_path, capfd=capfd)
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(r.stdout)
     assert cfg["model"]["rnn"]["name"] == "rwkv6"
@@ -37,13 +44,13 @@ def test_print_config_resolves_the_demo_recipe(tmp_path):
     assert cfg["trainer"]["logger"]["init_args"]["tracking_uri"].startswith("sqlite:///")
 
 
-def test_two_step_fit_through_the_cli(tmp_path):
-    r = aurora("fit", "--config", DEMO, *TINY, cwd=tmp_path)  # stage 2 before stage 1: says what to run
+def test_two_step_fit_through_the_cli(tmp_path, capfd):
+    r = run_cli("fit", "--config", DEMO, *TINY, cwd=tmp_path, capfd=capfd)  # stage 2 before stage 1: says what to run
     assert r.returncode != 0 and "runs/demo/vision/checkpoints/last.ckpt not found" in r.stderr
-    r = aurora("pretrain-vision", "--config", DEMO_VISION, *VISION_TINY, cwd=tmp_path)  # stage 1
+    r = run_cli("pretrain-vision", "--config", DEMO_VISION, *VISION_TINY, cwd=tmp_path, capfd=capfd)  # stage 1
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "runs/demo/vision/checkpoints/last.ckpt").exists()
-    r = aurora("fit", "--config", DEMO, *TINY, cwd=tmp_path)
+    r = run_cli("fit", "--config", DEMO, *TINY, cwd=tmp_path, capfd=capfd)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "runs/demo/data/manifest.json").exists()  # the synthetic set was written on first use
     assert (tmp_path / "runs/demo/checkpoints/last.ckpt").exists()
@@ -59,17 +66,17 @@ def test_two_step_fit_through_the_cli(tmp_path):
 
     # the checkpoint serves `aurora test` and `aurora predict` (JSON lines, one per test video)
     last = "--ckpt_path=runs/demo/checkpoints/last.ckpt"
-    r = aurora("test", "--config", DEMO, *TINY, last, cwd=tmp_path)
+    r = run_cli("test", "--config", DEMO, *TINY, last, cwd=tmp_path, capfd=capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test/accuracy" in r.stdout
-    r = aurora("predict", "--config", DEMO, *TINY, last, cwd=tmp_path)
+    r = run_cli("predict", "--config", DEMO, *TINY, last, cwd=tmp_path, capfd=capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "runs/demo/predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and set(rows[0]) == {"id", "question", "answer", "prediction"}
 
 
-def test_unknown_part_name_lists_the_known_ones(tmp_path):
-    r = aurora("fit", "--config", DEMO, *TINY, "--model.init_from=null", "--model.rnn.name=nope", cwd=tmp_path)
+def test_unknown_part_name_lists_the_known_ones(tmp_path, capfd):
+    r = run_cli("fit", "--config", DEMO, *TINY, "--model.init_from=null", "--model.rnn.name=nope", cwd=tmp_path, capfd=capfd)
     assert r.returncode != 0
     assert "unknown rnn backbone 'nope'" in r.stderr and "rwkv6" in r.stderr
 
@@ -82,8 +89,8 @@ def test_broken_yaml_is_reported(tmp_path):
     assert "bad.yaml" in r.stderr
 
 
-def test_data_synthetic_command(tmp_path):
-    r = aurora("data", "synthetic", "--out", tmp_path / "d", "--train", 6, "--val", 3, "--test", 3, cwd=tmp_path)
+def test_data_synthetic_command(tmp_path, capfd):
+    r = run_cli("data", "synthetic", "--out", tmp_path / "d", "--train", 6, "--val", 3, "--test", 3, cwd=tmp_path, capfd=capfd)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 6, "val": 3, "test": 3}
@@ -91,25 +98,25 @@ def test_data_synthetic_command(tmp_path):
                                                                    "train-00000.tar", "val-00000.tar"]
 
 
-def test_a_run_folder_holds_its_checkpoints_and_each_subcommand_keeps_its_own_record(tmp_path):
+def test_a_run_folder_holds_its_checkpoints_and_each_subcommand_keeps_its_own_record(tmp_path, capfd):
     root = ["--trainer.default_root_dir=runs/tiny", "--model.init_from=null"]
-    r = aurora("fit", "--config", "demo", *TINY, *root, cwd=tmp_path)  # a packaged recipe by name
+    r = run_cli("fit", "--config", "demo", *TINY, *root, cwd=tmp_path, capfd=capfd)  # a packaged recipe by name
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "args parameter is intended" not in r.stderr
     ckpt = tmp_path / "runs/tiny/checkpoints/last.ckpt"
     assert ckpt.exists() and not (tmp_path / "runs/demo/checkpoints").exists()
     record = (tmp_path / "runs/tiny/config.yaml").read_text()
-    r = aurora("test", "--config", tmp_path / "runs/tiny/config.yaml", "--ckpt_path", ckpt, cwd=tmp_path)
+    r = run_cli("test", "--config", tmp_path / "runs/tiny/config.yaml", "--ckpt_path", ckpt, cwd=tmp_path, capfd=capfd)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "runs/tiny/config.yaml").read_text() == record  # the training record is untouched
     assert "ckpt_path" in (tmp_path / "runs/tiny/config.test.yaml").read_text()
 
 
-def test_config_mistakes_are_one_line_and_exit_2(tmp_path):
-    r = aurora("fit", "--config", "demo", "--model.merge.keep_ration=0.2", "--model.init_from=null", *TINY,
-               cwd=tmp_path)
+def test_config_mistakes_are_one_line_and_exit_2(tmp_path, capfd):
+    r = run_cli("fit", "--config", "demo", "--model.merge.keep_ration=0.2", "--model.init_from=null", *TINY,
+               cwd=tmp_path, capfd=capfd)
     assert r.returncode == 2 and "did you mean 'keep_ratio'" in r.stderr and "Traceback" not in r.stderr
-    r = aurora("fit", "--config", "no-such-recipe", cwd=tmp_path)
+    r = run_cli("fit", "--config", "no-such-recipe", cwd=tmp_path, capfd=capfd)
     assert r.returncode == 2 and "recipe not found: 'no-such-recipe'" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -117,16 +117,24 @@ def test_live_options_are_checked(ckpt, capsys):
         assert message in capsys.readouterr().err, extra
 
 
-def test_interactive_answers_each_typed_question_from_the_state_of_that_moment(ckpt, ts, tmp_path):
+@pytest.fixture(scope="module")
+def ts_long() -> bytes:  # 32 frames at 4 fps: the 8 frames sampled at 2 fps from its first 4 s decode before its end
+    return encode_ts(np.random.RandomState(4).randint(0, 255, (32, 32, 32, 3), np.uint8))
+
+
+def test_interactive_answers_each_typed_question_from_the_state_of_that_moment(ckpt, ts_long, tmp_path):
     """A subprocess reads a file as it is written and answers the questions written to its stdin: the first
-    before the video is complete, then until it has read all of it; each answer equals reading, from scratch,
-    the frames it had read when asked. Closing stdin ends it."""
+    before the video is complete, then until it has read its 8 frames (--max-frames; the file goes on, so the
+    reader never waits out --live-timeout for an end, as tests/data/test_live_source.py does); each answer equals
+    reading, from scratch, the frames it had read when asked. Closing stdin ends it."""
     path, model = ckpt
+    ts = ts_long
     video = tmp_path / "live.ts"
-    video.write_bytes(ts[: len(ts) // 2])  # half of the video so far
+    video.write_bytes(ts[: len(ts) // 4])  # the first 2 s of the video so far
     proc = subprocess.Popen(
         [sys.executable, "-m", "aurora.cli", "ask", "--ckpt", str(path), "--video", str(video), "--interactive",
-         "--fps", "2", "--json", "--no-progress", "--chunk-frames", "2", "--live-timeout", "30", *CLI_GEN],
+         "--fps", "2", "--max-frames", "8", "--json", "--no-progress", "--chunk-frames", "2", "--live-timeout", "30",
+         *CLI_GEN],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env=dict(os.environ, OMP_NUM_THREADS="1"))
     answers = []
@@ -140,7 +148,7 @@ def test_interactive_answers_each_typed_question_from_the_state_of_that_moment(c
 
         answers.append(ask(Q))
         with open(video, "ab") as f:
-            f.write(ts[len(ts) // 2:])
+            f.write(ts[len(ts) // 4:])
         deadline = time.monotonic() + 90
         while answers[-1]["frames"] < 8 and time.monotonic() < deadline:
             time.sleep(0.3)

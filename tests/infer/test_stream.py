@@ -302,14 +302,17 @@ def test_a_lora_checkpoint_loads_with_its_adapters(video, tmp_path):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A run directory with the checkpoint of a 2-step `aurora fit` of the demo recipe (as tests/core/test_cli.py)."""
+    from aurora.cli import main
+
     run = tmp_path_factory.mktemp("fit")
-    r = subprocess.run(
-        [sys.executable, "-m", "aurora.cli", "fit", "--config", str(ROOT / "recipes/demo.yaml"),
-         "--model.init_from=null", "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.logger=false",
-         "--trainer.max_time=null", "--data.batch_size=2", "--data.num_workers=0", "--data.synthetic.train=4",
-         "--data.synthetic.val=2", "--data.synthetic.test=3"],
-        cwd=run, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:  # in this process: a subprocess paid the imports again (tests/_cli.py)
+        mp.chdir(run)
+        rc = main(["fit", "--config", str(ROOT / "recipes/demo.yaml"), "--model.init_from=null",
+                   "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+                   "--trainer.max_time=null", "--trainer.enable_progress_bar=false", "--data.batch_size=2",
+                   "--data.num_workers=0", "--data.synthetic.train=4", "--data.synthetic.val=2",
+                   "--data.synthetic.test=3"])
+    assert rc == 0 and (run / "runs/demo/checkpoints/last.ckpt").is_file()
     return run
 
 
