@@ -85,9 +85,6 @@ def dyadic_factors(g: Tensor, inclusive: bool) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
-_dyadic_factors = dyadic_factors
-
-
 def dyadic_intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor, inclusive: bool,
                  factors: list[tuple[Tensor, Tensor]] | None = None, keep: list | None = None) -> Tensor:
     """Sum over s < t of (q_t · (k_s * exp(D[t, s]))) v_s inside each chunk, as matrix products.
