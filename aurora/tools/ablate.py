@@ -286,10 +286,11 @@ def run_grid(grid_path: str | Path, out: str | Path, log=print,
         cfg = cell_config(grid, cell, cell_dir)
         cfg_path = cell_dir / "config.yaml"
         if result_path.is_file():
-            changed = settings_diff(json.loads(result_path.read_text()).get("recipe"), cfg)
+            finished = json.loads(result_path.read_text())
+            changed = settings_diff(finished.get("recipe"), cfg)
             if not changed:
                 log(f"[ablate] {i}/{len(todo)} {cell['name']}: finished before, skipped")
-                rows.append(json.loads(result_path.read_text()))
+                rows.append(finished)
                 continue
             log(f"[ablate] {i}/{len(todo)} {cell['name']}: its settings changed since it finished "
                 f"({'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}): training it again")
