@@ -503,12 +503,11 @@ class FrameReader:
                 self._frames = None
             built = self._index_by_demux(self._stream)
             _cache_put(self._cache_key, built)
+            self._set_index(built)
             if not np.array_equal(built.pts, header.pts):
-                self._set_index(built)
                 raise VideoDecodeError("the video's header index disagrees with its packets (frame indices "
                                        "chosen from it are not the video's); read it again: it is now indexed "
                                        "packet by packet") from e
-            self._set_index(built)
             return self._decode_towards(want)
 
     def _decode_towards(self, want: int) -> np.ndarray:
