@@ -106,8 +106,9 @@ class StepBench:
         self.opt.zero_grad(set_to_none=True)
         return float(out.loss.detach())
 
-    def parts(self) -> tuple[dict[str, float], float]:
-        """The same step split at the parts' boundaries: seconds per part, and the loss."""
+    def parts(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """The same step split at the parts' boundaries: wall-clock seconds per part, the process's CPU seconds
+        per part, and the loss."""
         import torch
         import torch.nn.functional as F
 
@@ -145,9 +146,9 @@ class StepBench:
         t7 = clock()
         spans = {"vision": [(t0, t1)], "projector": [(t1, t2), (t5, t6)], "rnn": [(t2, t3), (t4, t5)],
                  "head+loss": [(t3, t4)], "optimizer": [(t6, t7)]}
-        t = {p: sum(b[0] - a[0] for a, b in v) for p, v in spans.items()}
-        self.parts_cpu = {p: sum(b[1] - a[1] for a, b in v) for p, v in spans.items()}  # CPU seconds per part
-        return t, float(loss)
+        wall = {p: sum(b[0] - a[0] for a, b in v) for p, v in spans.items()}
+        cpu = {p: sum(b[1] - a[1] for a, b in v) for p, v in spans.items()}
+        return wall, cpu, float(loss.detach())
 
 
 def run_step_bench(recipe: str, backbones: list[str], batch_size: int, frames: int | None, threads: int,
@@ -186,10 +187,10 @@ def run_step_bench(recipe: str, backbones: list[str], batch_size: int, frames: i
             bench.step()
             steps[name].append(time.perf_counter() - t0)
             steps_cpu[name].append(time.process_time() - c0)
-            got, _ = bench.parts()
+            got, got_cpu, _ = bench.parts()
             for p, s in got.items():
                 parts[name][p].append(s)
-                parts_cpu[name][p].append(bench.parts_cpu[p])
+                parts_cpu[name][p].append(got_cpu[p])
         log(f"round {r + 1}/{repeat}: " + ", ".join(f"{n} {steps[n][-1] * 1e3:.0f} ms" for n in benches))
     records = []
     for name, bench in benches.items():
