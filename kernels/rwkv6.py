@@ -181,7 +181,7 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
         incoming = []
         for i in range(ng):  # the only sequential part: one cheap update per chunk
             incoming.append(s)
-            s = e_last[:, :, i, :, None] * s + chunk_kv[:, :, i]
+            s = torch.addcmul(chunk_kv[:, :, i], e_last[:, :, i, :, None], s)
         incoming = torch.stack(incoming, 2)
         if keep is not None:
             keep.append((e_prev, e_rest, e_last, incoming, intra, rg, kg, vg, kr, rq))
@@ -227,7 +227,7 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         g_out = [None] * ng
         for i in reversed(range(ng)):  # the adjoint: gradient with respect to the state leaving each chunk
             g_out[i] = adj
-            adj = e_last[:, :, i, :, None] * adj + rq_dy[:, :, i]
+            adj = torch.addcmul(rq_dy[:, :, i], e_last[:, :, i, :, None], adj)
         g_out = torch.stack(g_out, 2)  # (B, H, G, N, V)
         d_r = dyg @ s_in.transpose(-1, -2)
         d_k = vg @ g_out.transpose(-1, -2)
@@ -253,14 +253,17 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         if intra is None or intra[0] != "one-reference":  # the bonus term's p and dv, token by token
             p[:, t0:t1] = (v[:, t0:t1] * dy[:, t0:t1]).sum(-1, keepdim=True)
             dvv[:, t0:t1] += (r[:, t0:t1] * u * k[:, t0:t1]).sum(-1, keepdim=True) * dy[:, t0:t1]
-    dr = drs + u * k * p  # the bonus term's gradients
-    dk = dks + u * r * p
-    du = (r * k * p).sum((0, 1))
-    dc = -(k * dks)
-    dc[:, :-1] += r[:, 1:] * drs[:, 1:]
+    # dw from the state parts, with its sign folded: nc = -dC = k·dk - r_{+1}·dr_{+1} (- ds ⊙ S_T at the end)
+    nc = torch.mul(k, dks)
+    nc[:, :-1].addcmul_(r[:, 1:], drs[:, 1:], value=-1)
     if ds is not None:
-        dc[:, -1] += (ds.to(s_final.dtype) * s_final).sum(-1)
-    dw = dc.flip(1).cumsum(1).flip(1)
+        nc[:, -1] -= (ds.to(s_final.dtype) * s_final).sum(-1)
+    # dw_i = sum_{j >= i} dC_j, summed from the end (a difference of forward sums would cancel in fp32)
+    dw = nc.flip(1).cumsum_(1).flip(1).neg_()
+    up = u * p  # the bonus term's gradients, added in place to the state parts
+    du = torch.mul(r, k).mul_(p).sum((0, 1))
+    dr = drs.addcmul_(k, up)
+    dk = dks.addcmul_(r, up)
     return dr, dk, dvv, dw, du, adj
 
 

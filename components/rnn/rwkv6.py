@@ -34,12 +34,40 @@ from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 
 
+def _shift_delta(x: Tensor, last: Tensor | None) -> Tensor:
+    out = torch.empty_like(x)
+    torch.sub(x[:, :-1], x[:, 1:], out=out[:, 1:])
+    if last is None:
+        torch.neg(x[:, 0], out=out[:, 0])
+    else:
+        torch.sub(last.to(x.dtype), x[:, 0], out=out[:, 0])
+    return out
+
+
+class _ShiftDelta(torch.autograd.Function):
+    """x_{t-1} - x_t as one pass each way (autograd through a pad and a subtraction takes four and two tensors):
+    the gradient for x_s is g_{s+1} - g_s (-g_T at the end), for the carried token g_1."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, last: Tensor | None) -> Tensor:
+        ctx.has_last, ctx.last_dtype = last is not None, None if last is None else last.dtype
+        return _shift_delta(x, last)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        g_x = torch.empty_like(g)
+        torch.sub(g[:, 1:], g[:, :-1], out=g_x[:, :-1])
+        torch.neg(g[:, -1], out=g_x[:, -1])
+        g_last = g[:, 0].to(ctx.last_dtype) if ctx.has_last and ctx.needs_input_grad[1] else None
+        return g_x, g_last
+
+
 def shift_delta(x: Tensor, last: Tensor | None) -> Tensor:
     """x_{t-1} - x_t for every t of ``x`` (B, T, C) (the token shift's difference), with the carried last token
-    ``last`` (B, C) in front (zeros at the start): one pad and one subtraction."""
-    if last is None:
-        return F.pad(x, (0, 0, 1, -1)) - x
-    return token_shift(x, last) - x
+    ``last`` (B, C) in front (zeros at the start): one pass (its own backward when autograd records)."""
+    if torch.is_grad_enabled() and (x.requires_grad or (last is not None and last.requires_grad)):
+        return _ShiftDelta.apply(x, last)
+    return _shift_delta(x, last)
 
 
 class _SquaredReLU(torch.autograd.Function):
@@ -55,7 +83,7 @@ class _SquaredReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (a,) = ctx.saved_tensors
-        return (a + a) * grad
+        return torch.mul(grad, a).mul_(2.0)  # = (a + a) * grad exactly, one fresh tensor
 
 
 def sqrelu(z: Tensor) -> Tensor:
@@ -66,18 +94,18 @@ def sqrelu(z: Tensor) -> Tensor:
     return a * a
 
 
-def _lora_products(lora: Tensor, w2: Tensor) -> Tensor:
-    """m_j = lora[:, j-th block] @ w2[j] for the five mixes, (5, N, C): five plain products on column blocks (a
-    batched product of these thin matrices runs at half their rate on the CPU), written in place unless autocast
-    picks their dtype."""
+def _lora_products(lora: Tensor, w2: Tensor, maa: Tensor) -> Tensor:
+    """z_j = maa_j + lora[:, j-th block] @ w2[j] for the five mixes, (5, N, C): five plain products on column blocks
+    (a batched product of these thin matrices runs at half their rate on the CPU), each with its bias added by the
+    product itself (addmm) into one preallocated tensor, unless autocast picks their dtype."""
     r = w2.shape[1]
     blocks = [lora[:, j * r:(j + 1) * r] for j in range(5)]
-    if torch.is_autocast_enabled(lora.device.type) or lora.dtype != w2.dtype:
-        return torch.stack([blk @ w for blk, w in zip(blocks, w2)])
-    m = lora.new_empty(5, lora.shape[0], w2.shape[2])
+    if torch.is_autocast_enabled(lora.device.type) or not lora.dtype == w2.dtype == maa.dtype:
+        return torch.stack([blk @ w for blk, w in zip(blocks, w2)]) + maa
+    z = lora.new_empty(5, lora.shape[0], w2.shape[2])
     for j, blk in enumerate(blocks):
-        torch.mm(blk, w2[j], out=m[j])
-    return m
+        torch.addmm(maa[j], blk, w2[j], out=z[j])
+    return z
 
 
 class _MixFive(torch.autograd.Function):
@@ -88,7 +116,7 @@ class _MixFive(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
-        z = _lora_products(lora, w2) + maa
+        z = _lora_products(lora, w2, maa)
         ctx.save_for_backward(dx, z, lora, w2)
         return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
 
@@ -97,15 +125,21 @@ class _MixFive(torch.autograd.Function):
         dx, z, lora, w2 = ctx.saved_tensors
         g_w = torch.zeros_like(dx) if g_w is None else g_w
         g_kvrg = torch.zeros_like(z[1:]) if g_kvrg is None else g_kvrg
-        g_m = torch.empty_like(z)  # written in two slices: the incoming gradients are never copied into one
-        torch.mul(g_w, dx, out=g_m[0])
-        torch.mul(g_kvrg, dx, out=g_m[1:])
-        g_x = g_kvrg.sum(0).add_(g_w)
-        g_dx = (g_kvrg * z[1:]).sum(0).addcmul_(g_w, z[0])
         r = w2.shape[1]
-        g_lora = torch.cat([g_m[j] @ w2[j].t() for j in range(5)], 1)
-        g_w2 = torch.stack([lora[:, j * r:(j + 1) * r].t() @ g_m[j] for j in range(5)])
-        return g_x, g_dx, g_lora, g_w2, g_m.sum(1, keepdim=True)
+        g_x = g_kvrg.sum(0).add_(g_w)
+        g_dx = torch.mul(g_w, z[0])
+        g_lora = lora.new_empty(lora.shape)
+        g_w2, g_maa = torch.empty_like(w2), z.new_empty(5, 1, z.shape[2])
+        g_m = torch.empty_like(dx)  # each mix's gradient in turn, in one buffer that stays in cache for its products
+        for j in range(5):
+            g_j = g_w if j == 0 else g_kvrg[j - 1]
+            torch.mul(g_j, dx, out=g_m)
+            if j:
+                g_dx.addcmul_(g_j, z[j])
+            g_lora[:, j * r:(j + 1) * r] = g_m @ w2[j].t()
+            torch.mm(lora[:, j * r:(j + 1) * r].t(), g_m, out=g_w2[j])
+            torch.sum(g_m, 0, keepdim=True, out=g_maa[j])
+        return g_x, g_dx, g_lora, g_w2, g_maa
 
 
 def mix_five(x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,7 +147,7 @@ def mix_five(x: Tensor, dx: Tensor, lora: Tensor, w2: Tensor, maa: Tensor) -> tu
     (4, N, C))."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dx, lora, w2, maa)):
         return _MixFive.apply(x, dx, lora, w2, maa)
-    z = _lora_products(lora, w2) + maa
+    z = _lora_products(lora, w2, maa)
     return torch.addcmul(x, dx, z[0]), torch.addcmul(x, dx, z[1:])
 
 

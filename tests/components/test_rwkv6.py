@@ -286,3 +286,6 @@ def test_model_fast_parts_equal_plain_autograd(t):
     prev = torch.cat([torch.zeros(2, 1, 6, dtype=torch.float64), seq[:, :-1]], 1)
     assert torch.equal(shift_delta(seq, None), prev - seq)
     assert torch.equal(shift_delta(seq, last), torch.cat([last[:, None], seq[:, :-1]], 1) - seq)
+    seq.requires_grad_(), last.requires_grad_()  # its own backward, with and without the carried token
+    assert torch.autograd.gradcheck(shift_delta, (seq, last)) and torch.autograd.gradcheck(shift_delta, (seq, None))
+    assert torch.equal(shift_delta(seq, last), torch.cat([last[:, None], seq[:, :-1]], 1) - seq)
