@@ -70,28 +70,35 @@ def shift_delta(x: Tensor, last: Tensor | None) -> Tensor:
     return _shift_delta(x, last)
 
 
-class _SquaredReLU(torch.autograd.Function):
-    """relu(z) ** 2 with the backward 2 relu(z) * grad: two elementwise ops each way (autograd through relu and pow
-    takes five, and keeps two tensors)."""
+class _KeySquaredReLU(torch.autograd.Function):
+    """The channel mix's key and squared ReLU, relu(x Wᵀ) ** 2, as one Function: the ReLU runs in place on the
+    product and is the one tensor kept; the backward is 2 relu(z) * grad (autograd through linear, relu and pow
+    takes five elementwise passes and keeps three tensors)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor) -> Tensor:
-        a = torch.relu(z)
-        ctx.save_for_backward(a)
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        a = (x @ weight.t()).relu_()
+        ctx.save_for_backward(x, weight, a)
         return a * a
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (a,) = ctx.saved_tensors
-        return torch.mul(grad, a).mul_(2.0)  # = (a + a) * grad exactly, one fresh tensor
+    def backward(ctx, grad: Tensor):
+        x, weight, a = ctx.saved_tensors
+        g_z = torch.mul(grad, a).mul_(2.0)  # = (a + a) * grad exactly
+        g_x = g_z @ weight if ctx.needs_input_grad[0] else None
+        g_w = g_z.reshape(-1, g_z.shape[-1]).t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        return g_x, g_w
 
 
-def sqrelu(z: Tensor) -> Tensor:
-    """The channel mix's squared ReLU (custom backward when autograd records, plain ops otherwise)."""
-    if torch.is_grad_enabled() and z.requires_grad:
-        return _SquaredReLU.apply(z)
-    a = torch.relu(z)
-    return a * a
+def key_sqrelu(x: Tensor, weight: Tensor) -> Tensor:
+    """relu(x Wᵀ) ** 2, the channel mix's key (its own backward when autograd records; autocast keeps the plain
+    ops, which pick their dtypes)."""
+    if torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
+        return torch.relu(F.linear(x, weight)).square()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _KeySquaredReLU.apply(x, weight)
+    a = F.linear(x, weight).relu_()
+    return a.mul_(a)
 
 
 def _lora_products(lora: Tensor, w2: Tensor, maa: Tensor) -> Tensor:
@@ -211,10 +218,12 @@ class TimeMix(nn.Module):
         lora = torch.tanh(torch.addcmul(x2, dx, self.time_maa_x.view(1, c)) @ self.time_maa_w1)
         maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         xw, xkvrg = mix_five(x2, dx, lora, self.time_maa_w2, maa)  # x + dx * (maa_j + m_j), j = w / k, v, r, g
-        # k, v, r, g in one batched product (weights stacked, transposed views)
-        kvrg = torch.bmm(xkvrg, torch.stack([self.key.weight, self.value.weight, self.receptance.weight,
-                                             self.gate.weight]).transpose(1, 2))
-        k, v, r, gate = (z.view(b, t, h, n) for z in kvrg.unbind(0))
+        projections = (self.key, self.value, self.receptance, self.gate)
+        if all(type(p) is nn.Linear for p in projections):  # k, v, r, g in one batched product (weights stacked)
+            kvrg = torch.bmm(xkvrg, torch.stack([p.weight for p in projections]).transpose(1, 2)).unbind(0)
+        else:  # wrapped layers (LoRA adapters): each through its own forward
+            kvrg = [p(xj) for p, xj in zip(projections, xkvrg.unbind(0))]
+        k, v, r, gate = (z.view(b, t, h, n) for z in kvrg)
         decay = self.time_decay.view(1, c) + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         log_w = -torch.exp(decay.float()).view(b, t, h, n)  # log of the per-channel decay exp(-exp(.))
         y, wkv_state = wkv6(r, k, v, log_w, self.time_faaaa, wkv_state, backend=backend, chunk_size=chunk_size)
@@ -246,7 +255,9 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
         dx = shift_delta(x, shift)
-        k = sqrelu(self.key(torch.addcmul(x, dx, self.time_maa_k)))
+        xk = torch.addcmul(x, dx, self.time_maa_k)
+        # the key and its squared ReLU as one op, unless the key is wrapped (LoRA adapters): then its own forward
+        k = key_sqrelu(xk, self.key.weight) if type(self.key) is nn.Linear else torch.relu(self.key(xk)).square()
         return torch.sigmoid(self.receptance(torch.addcmul(x, dx, self.time_maa_r))) * self.value(k), x[:, -1]
 
 

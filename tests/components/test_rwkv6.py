@@ -267,7 +267,7 @@ def test_one_reference_fp32_at_the_threshold_stays_within_fp32_tolerance():
 @pytest.mark.parametrize("t", [1, 9])
 def test_model_fast_parts_equal_plain_autograd(t):
     """The time mix's five-mix Function and the channel mix's squared ReLU against plain autograd, fp64 gradcheck."""
-    from aurora.components.rnn.rwkv6 import _MixFive, _SquaredReLU, shift_delta
+    from aurora.components.rnn.rwkv6 import _KeySquaredReLU, _MixFive, key_sqrelu, shift_delta
 
     g = torch.Generator().manual_seed(t)
     x, dx = (torch.randn(t, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -278,9 +278,13 @@ def test_model_fast_parts_equal_plain_autograd(t):
     xw, xkvrg = _MixFive.apply(x, dx, lora, w2, maa)
     want = x + dx * (torch.bmm(lora.view(t, 5, 3).transpose(0, 1), w2) + maa)
     assert close(xw, want[0], 1e-14) and close(xkvrg, want[1:], 1e-14)  # addcmul: a fused multiply-add
-    z = torch.randn(t, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_SquaredReLU.apply, (z,))
-    assert torch.equal(_SquaredReLU.apply(z), torch.relu(z) ** 2)
+    xs = torch.randn(2, t, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    wk = torch.randn(7, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_KeySquaredReLU.apply, (xs, wk))
+    want = torch.relu(xs @ wk.t()) ** 2
+    assert torch.equal(_KeySquaredReLU.apply(xs, wk), want)
+    with torch.no_grad():
+        assert torch.equal(key_sqrelu(xs, wk), want)
     seq = torch.randn(2, t, 6, generator=g, dtype=torch.float64)
     last = torch.randn(2, 6, generator=g, dtype=torch.float64)
     prev = torch.cat([torch.zeros(2, 1, 6, dtype=torch.float64), seq[:, :-1]], 1)
