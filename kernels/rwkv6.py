@@ -178,11 +178,11 @@ def _wkv6_chunked_forward(r, k, v, w, u, s, L: int, scale: float, keep: list | N
                 y, intra = None, None
         # What each chunk adds to the state, and how much of the incoming state survives it.
         chunk_kv = kr.transpose(-1, -2) @ vg  # (B, H, G, N, V)
-        incoming = []
+        incoming = chunk_kv.new_empty(chunk_kv.shape)  # the state entering each chunk, written in place
+        incoming[:, :, 0] = s
         for i in range(ng):  # the only sequential part: one cheap update per chunk
-            incoming.append(s)
-            s = torch.addcmul(chunk_kv[:, :, i], e_last[:, :, i, :, None], s)
-        incoming = torch.stack(incoming, 2)
+            nxt = incoming[:, :, i + 1] if i + 1 < ng else None
+            s = torch.addcmul(chunk_kv[:, :, i], e_last[:, :, i, :, None], incoming[:, :, i], out=nxt)
         if keep is not None:
             keep.append((e_prev, e_rest, e_last, incoming, intra, rg, kg, vg, kr, rq))
         inter = rq @ incoming  # from the state entering each chunk
@@ -224,11 +224,11 @@ def _wkv6_chunked_backward(r, k, v, w, u, s0, s_final, do, ds, L: int, scale: fl
         (dyg,), ng = _to_chunks((dy,), t0, t1, L)
         e_prev, e_rest, e_last, s_in, intra, rg, kg, vg, kr, rq = saved[gi]
         rq_dy = rq.transpose(-1, -2) @ dyg  # what each chunk's outputs ask of the state entering it
-        g_out = [None] * ng
+        g_out = rq_dy.new_empty(rq_dy.shape)  # (B, H, G, N, V), written in place
+        g_out[:, :, ng - 1] = adj
         for i in reversed(range(ng)):  # the adjoint: gradient with respect to the state leaving each chunk
-            g_out[i] = adj
-            adj = torch.addcmul(rq_dy[:, :, i], e_last[:, :, i, :, None], adj)
-        g_out = torch.stack(g_out, 2)  # (B, H, G, N, V)
+            prev = g_out[:, :, i - 1] if i > 0 else None
+            adj = torch.addcmul(rq_dy[:, :, i], e_last[:, :, i, :, None], g_out[:, :, i], out=prev)
         d_r = dyg @ s_in.transpose(-1, -2)
         d_k = vg @ g_out.transpose(-1, -2)
         d_v = kr @ g_out
