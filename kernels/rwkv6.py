@@ -79,7 +79,7 @@ def wkv6_chunked(
     w: Tensor,
     u: Tensor,
     state: Tensor | None = None,
-    chunk_size: int = 16,
+    chunk_size: int = 32,
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Chunk-parallel WKV-6 (same result as :func:`wkv6_recurrent`, stable for any decay <= 0).
@@ -296,7 +296,7 @@ def wkv6(
     u: Tensor,
     state: Tensor | None = None,
     backend: str = "auto",
-    chunk_size: int = 16,
+    chunk_size: int = 32,
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """One dispatch for WKV-6: (output in r's dtype, final state in float32, float64 for float64 inputs).
