@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from aurora.components.rnn._hf import load_checked
 from aurora.components.rnn._rwkv import (LayerState, RWKVLanguageModel, fla_to_official_names, official_to_fla_names,
                                          read_rwkv_checkpoint)
-from aurora.components.rnn.layers import token_shift
 from aurora.kernels.rwkv6 import BACKENDS, wkv6
 from aurora.registry import RNN
 
@@ -50,7 +49,7 @@ class _ShiftDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, last: Tensor | None) -> Tensor:
-        ctx.has_last, ctx.last_dtype = last is not None, None if last is None else last.dtype
+        ctx.last_dtype = None if last is None else last.dtype
         return _shift_delta(x, last)
 
     @staticmethod
@@ -58,7 +57,7 @@ class _ShiftDelta(torch.autograd.Function):
         g_x = torch.empty_like(g)
         torch.sub(g[:, 1:], g[:, :-1], out=g_x[:, :-1])
         torch.neg(g[:, -1], out=g_x[:, -1])
-        g_last = g[:, 0].to(ctx.last_dtype) if ctx.has_last and ctx.needs_input_grad[1] else None
+        g_last = g[:, 0].to(ctx.last_dtype) if ctx.needs_input_grad[1] else None  # False without a carried token
         return g_x, g_last
 
 
@@ -90,11 +89,12 @@ class _KeySquaredReLU(torch.autograd.Function):
         return g_x, g_w
 
 
-def key_sqrelu(x: Tensor, weight: Tensor) -> Tensor:
-    """relu(x Wᵀ) ** 2, the channel mix's key (its own backward when autograd records; autocast keeps the plain
-    ops, which pick their dtypes)."""
-    if torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
-        return torch.relu(F.linear(x, weight)).square()
+def key_sqrelu(x: Tensor, key: nn.Module) -> Tensor:
+    """relu(key(x)) ** 2, the channel mix's key: one op (its own backward when autograd records) for a plain
+    ``nn.Linear``; through the layer's own forward when it is wrapped (LoRA adapters) or autocast picks the dtypes."""
+    weight = key.weight
+    if type(key) is not nn.Linear or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
+        return torch.relu(key(x)).square()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _KeySquaredReLU.apply(x, weight)
     a = F.linear(x, weight).relu_()
@@ -258,9 +258,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
         dx = shift_delta(x, shift)
-        xk = torch.addcmul(x, dx, self.time_maa_k)
-        # the key and its squared ReLU as one op, unless the key is wrapped (LoRA adapters): then its own forward
-        k = key_sqrelu(xk, self.key.weight) if type(self.key) is nn.Linear else torch.relu(self.key(xk)).square()
+        k = key_sqrelu(torch.addcmul(x, dx, self.time_maa_k), self.key)
         return torch.sigmoid(self.receptance(torch.addcmul(x, dx, self.time_maa_r))) * self.value(k), x[:, -1]
 
 

@@ -283,8 +283,10 @@ def test_model_fast_parts_equal_plain_autograd(t):
     assert torch.autograd.gradcheck(_KeySquaredReLU.apply, (xs, wk))
     want = torch.relu(xs @ wk.t()) ** 2
     assert torch.equal(_KeySquaredReLU.apply(xs, wk), want)
+    key = torch.nn.Linear(6, 7, bias=False, dtype=torch.float64)
+    key.weight.data.copy_(wk.detach())
     with torch.no_grad():
-        assert torch.equal(key_sqrelu(xs, wk), want)
+        assert torch.equal(key_sqrelu(xs, key), want)
     seq = torch.randn(2, t, 6, generator=g, dtype=torch.float64)
     last = torch.randn(2, 6, generator=g, dtype=torch.float64)
     prev = torch.cat([torch.zeros(2, 1, 6, dtype=torch.float64), seq[:, :-1]], 1)

@@ -239,7 +239,8 @@ def test_lora_trains_only_the_adapters_and_survives_save_and_load(tmp_path):
     changed = {k for k in after if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed)
     # B starts at zero: every adapter moved (each projection runs through its adapter, not only its base weight)
-    assert {k for k in after if "lora_B" in k} <= changed and len({k for k in after if "lora_B" in k}) == 3 * 2
+    lora_b = {k for k in after if "lora_B" in k}
+    assert lora_b <= changed and len(lora_b) == 3 * 2
 
     t.save_checkpoint(tmp_path / "lora.ckpt")
     back = AuroraModule.load_from_checkpoint(tmp_path / "lora.ckpt", weights_only=True)
