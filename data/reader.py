@@ -161,10 +161,21 @@ def _open(source: VideoSource):
         container = av.open(target, mode="r")
     except Exception as e:  # FFmpeg's InvalidDataError and friends
         raise VideoDecodeError(f"cannot open video ({type(e).__name__}: {e})") from e
+    first_video_stream(container)
+    return container
+
+
+def first_video_stream(container, where: str = ""):
+    """The container's first video stream; VideoDecodeError (the container closed) when it has none or FFmpeg has
+    no decoder for it (an unknown or corrupt codec tag: PyAV gives such a stream no codec context)."""
     if not container.streams.video:
         container.close()
-        raise VideoDecodeError("no video stream (audio only or not a video)")
-    return container
+        raise VideoDecodeError(f"no video stream{where} (audio only or not a video)")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        container.close()
+        raise VideoDecodeError(f"no decoder for the video stream{where} (an unknown or corrupt codec tag)")
+    return stream
 
 
 def _avc_length_size(stream) -> int | None:

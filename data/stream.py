@@ -37,7 +37,7 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
-from aurora.data.reader import VideoDecodeError, scaled_size
+from aurora.data.reader import VideoDecodeError, first_video_stream, scaled_size
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,12 @@ def open_live(source: str | os.PathLike, live_timeout: float = 10.0, stop: threa
         hint = (" (a growing file must be MPEG-TS, Matroska or fragmented MP4: a plain MP4's index is written last)"
                 if isinstance(reader, FollowFile) else "")
         raise VideoDecodeError(f"cannot open the live source {s} ({type(e).__name__}: {e}){hint}") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(f"no video stream in the live source {s}")
+    try:
+        first_video_stream(container, f" in the live source {s}")
+    except VideoDecodeError:
+        if reader is not None:
+            reader.close()
+        raise
     return container, reader
 
 

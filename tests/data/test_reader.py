@@ -164,6 +164,9 @@ def test_quirks_give_clear_errors():
             c.mux(p)
     with pytest.raises(VideoDecodeError, match="no video stream"):
         FrameReader(buf.getvalue())
+    # a corrupt codec tag (as a fuzzed shard made it): PyAV opens the stream without a codec context
+    with pytest.raises(VideoDecodeError, match="no decoder for the video stream"):
+        FrameReader(data.replace(b"avc1", b"zzzz"))
     one = make_video(n=1)
     frames, idx, info = read_frames(one, num_frames=4)
     assert idx == [0, 0, 0, 0] and info.frames == 1
