@@ -39,7 +39,7 @@ import numpy as np
 import webdataset as wds
 
 from aurora.data.prompt import AnnotationError, check_text, question_and_answer
-from aurora.data.reader import FrameReader
+from aurora.data.reader import FrameReader, first_video_stream
 from aurora.data.video import VideoDecodeError, encode_mp4
 from aurora.io import write_json
 
@@ -75,8 +75,7 @@ def check_decodes(data: bytes, verify: str = "first") -> None:
     frame, streamed, without holding them) decodes."""
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise VideoDecodeError("no video stream")
+            first_video_stream(container)
             count = 0
             for _ in container.decode(video=0):
                 count += 1
@@ -144,9 +143,7 @@ def transcode_mp4(data: bytes, crf: int = 18) -> bytes:
     frames are numbered at the source's average rate and odd sizes lose their last row/column (yuv420p)."""
     try:
         with av.open(io.BytesIO(data), mode="r") as src:
-            if not src.streams.video:
-                raise VideoDecodeError("no video stream")
-            stream = src.streams.video[0]
+            stream = first_video_stream(src)
             rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
             return _encode_h264((f.to_ndarray(format="rgb24") for f in src.decode(stream)), rate, crf)
     except VideoDecodeError:

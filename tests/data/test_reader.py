@@ -167,6 +167,10 @@ def test_quirks_give_clear_errors():
     # a corrupt codec tag (as a fuzzed shard made it): PyAV opens the stream without a codec context
     with pytest.raises(VideoDecodeError, match="no decoder for the video stream"):
         FrameReader(data.replace(b"avc1", b"zzzz"))
+    from aurora.data.convert import check_decodes, transcode_mp4
+    for check in (check_decodes, transcode_mp4):  # the converter's checks name it the same way
+        with pytest.raises(VideoDecodeError, match="no decoder for the video stream"):
+            check(data.replace(b"avc1", b"zzzz"))
     one = make_video(n=1)
     frames, idx, info = read_frames(one, num_frames=4)
     assert idx == [0, 0, 0, 0] and info.frames == 1
